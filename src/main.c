@@ -1,0 +1,166 @@
+/*
+ * scalegate: command line, start-up, signals.
+ *
+ *   scalegate -c FILE        run
+ *   scalegate -t -c FILE     check FILE and exit 0 (valid) or 1
+ *
+ * The main thread owns the control plane: it loads the config, starts the
+ * worker threads (server/worker.c), and turns signals into actions:
+ * SIGHUP reloads the config in place (an invalid one is logged and the
+ * running one kept), SIGTERM/SIGINT stop gracefully within
+ * limits.shutdown_timeout, SIGUSR1 is reserved for log reopening.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "core/log.h"
+#include "server/server.h"
+
+#define SG_VERSION "0.1.0"
+
+static uv_loop_t *loop;
+static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_timer_t shutdown_timer;
+static const char *config_path;
+static struct sg_config *running;
+static int stopping;
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: scalegate [-t] -c FILE\n"
+               "  -c FILE   configuration file (YAML)\n"
+               "  -t        check the configuration and exit (0 valid, 1 invalid)\n"
+               "  -d        debug logging\n"
+               "  -q        log errors and warnings only\n"
+               "  -v        print the version\n"
+               "  -h        this help\n");
+}
+
+static void print_errors(struct sg_config_errors *errs) {
+    for (size_t i = 0; i < errs->n; i++)
+        fprintf(stderr, "%s\n", errs->msgs[i]);
+}
+
+static void on_all_done(void) {
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&shutdown_timer, NULL);
+}
+
+static void on_shutdown_timeout(uv_timer_t *t) {
+    (void)t;
+    sg_log_warn("shutdown_timeout reached: closing the connections still open");
+    sg_server_force();
+}
+
+static void on_stop_signal(uv_signal_t *s, int signum) {
+    (void)s;
+    if (stopping) {
+        sg_log_warn("second %s: closing everything now", strsignal(signum));
+        sg_server_force();
+        return;
+    }
+    stopping = 1;
+    sg_log_info("%s: no new connections; finishing requests in flight (at most %llu ms)",
+                strsignal(signum), (unsigned long long)running->limits.shutdown_timeout_ms);
+    sg_server_stop();
+    uv_timer_start(&shutdown_timer, on_shutdown_timeout, running->limits.shutdown_timeout_ms, 0);
+    uv_unref((uv_handle_t *)&shutdown_timer);
+}
+
+static void on_reload_signal(uv_signal_t *s, int signum) {
+    (void)s;
+    (void)signum;
+    if (stopping)
+        return;
+    struct sg_config_errors errs = {0};
+    struct sg_config *cfg = sg_config_load(config_path, &errs);
+    if (!cfg) {
+        for (size_t i = 0; i < errs.n; i++)
+            sg_log_error("reload: %s", errs.msgs[i]);
+        sg_log_error("reload failed: %s is invalid; keeping the running config", config_path);
+        sg_config_errors_free(&errs);
+        return;
+    }
+    sg_config_errors_free(&errs);
+    struct sg_config *ref = sg_config_ref(cfg);
+    if (sg_server_reload(cfg) == 0) {
+        sg_config_unref(running);
+        running = ref;
+        sg_log_info("reloaded %s", config_path);
+    } else {
+        sg_config_unref(ref);
+    }
+}
+
+int main(int argc, char **argv) {
+    int check = 0, opt;
+    while ((opt = getopt(argc, argv, "c:tdqvh")) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            check = 1;
+            break;
+        case 'd':
+            sg_log_level = SG_LOG_DEBUG;
+            break;
+        case 'q':
+            sg_log_level = SG_LOG_WARN;
+            break;
+        case 'v':
+            printf("scalegate %s\n", SG_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config_path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    struct sg_config_errors errs = {0};
+    running = sg_config_load(config_path, &errs);
+    if (!running) {
+        print_errors(&errs);
+        sg_config_errors_free(&errs);
+        if (check)
+            fprintf(stderr, "%s: configuration is invalid\n", config_path);
+        return 1;
+    }
+    sg_config_errors_free(&errs);
+    if (check) {
+        fprintf(stderr, "%s: ok\n", config_path);
+        sg_config_unref(running);
+        return 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    loop = uv_default_loop();
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_init(loop, &sig_hup);
+    uv_timer_init(loop, &shutdown_timer);
+    if (sg_server_start(loop, running, on_all_done) != 0) {
+        sg_config_unref(running);
+        return 1;
+    }
+    uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_stop_signal, SIGINT);
+    uv_signal_start(&sig_hup, on_reload_signal, SIGHUP);
+    uv_run(loop, UV_RUN_DEFAULT);
+    sg_server_cleanup();
+    sg_config_unref(running);
+    uv_loop_close(loop);
+    sg_log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,191 @@
+/*
+ * Rewriting message heads on their way through the gateway (RFC 9110
+ * section 7.6): hop-by-hop fields are dropped (the parser marked them,
+ * including every name listed in Connection), Via is added in both
+ * directions, and requests get X-Forwarded-For, X-Forwarded-Proto and an
+ * X-Request-ID. Each head is written once into a buffer of its own.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "proxy/proxy_int.h"
+
+static const char hex[] = "0123456789abcdef";
+
+struct out {
+    char *p;
+    char *end;
+};
+
+static void put(struct out *o, const char *s, size_t n) {
+    if ((size_t)(o->end - o->p) < n) {
+        o->p = o->end + 1; /* overflow marker: checked by the caller */
+        return;
+    }
+    memcpy(o->p, s, n);
+    o->p += n;
+}
+
+#define PUTS(o, lit) put((o), (lit), sizeof(lit) - 1)
+
+static void put_header(struct out *o, const struct sg_http_header *h) {
+    put(o, h->name, h->name_len);
+    PUTS(o, ": ");
+    put(o, h->value, h->value_len);
+    PUTS(o, "\r\n");
+}
+
+static struct sg_buf *finish(struct sg_buf *b, struct out *o) {
+    if (o->p > o->end) {
+        sg_buf_put(b);
+        return NULL;
+    }
+    b->end = (uint32_t)(o->p - b->data);
+    return b;
+}
+
+struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
+                                const struct sg_server *srv, bool upgrade, bool strip_expect) {
+    /* Room: the original head plus what is added. */
+    size_t cap = m->target_len + m->method_len + 64;
+    for (uint32_t i = 0; i < m->num_headers; i++)
+        cap += m->headers[i].name_len + m->headers[i].value_len + 4;
+    cap += 256 + strlen(srv->text);
+    struct sg_buf *b = sg_buf_get_size(cap);
+    struct out o = {b->data, b->data + b->cap};
+
+    const char *path = m->target;
+    size_t path_len = m->target_len;
+    const char *host = NULL;
+    size_t host_len = 0;
+    if (path_len && path[0] != '/' && path[0] != '*') {
+        /* absolute-form: the authority replaces Host (RFC 9112 3.2.2) */
+        const char *sep = memchr(path, ':', path_len);
+        if (sep && sep + 3 <= path + path_len && sep[1] == '/' && sep[2] == '/') {
+            const char *end = path + path_len;
+            host = sep + 3;
+            const char *p = host;
+            while (p < end && *p != '/' && *p != '?')
+                p++;
+            host_len = (size_t)(p - host);
+            if (p < end) {
+                path = p;
+                path_len = (size_t)(end - p);
+            } else {
+                path = "/";
+                path_len = 1;
+            }
+        }
+    }
+    if (!host && m->host_index >= 0) {
+        host = m->headers[m->host_index].value;
+        host_len = m->headers[m->host_index].value_len;
+    }
+    if (!host) {
+        host = srv->text;
+        host_len = strlen(srv->text);
+    }
+    put(&o, m->method, m->method_len);
+    PUTS(&o, " ");
+    if (path[0] == '?') /* "http://h?q" -> "/?q" */
+        PUTS(&o, "/");
+    put(&o, path, path_len);
+    PUTS(&o, " HTTP/1.1\r\nHost: ");
+    put(&o, host, host_len);
+    PUTS(&o, "\r\n");
+
+    bool have_rid = false;
+    const struct sg_http_header *xff[16];
+    unsigned nxff = 0;
+    for (uint32_t i = 0; i < m->num_headers; i++) {
+        const struct sg_http_header *h = &m->headers[i];
+        switch (h->id) {
+        case SG_HDR_HOST:
+        case SG_HDR_X_FORWARDED_PROTO:
+            continue;
+        case SG_HDR_X_FORWARDED_FOR:
+            if (nxff < 16)
+                xff[nxff++] = h;
+            continue;
+        case SG_HDR_EXPECT:
+            if (strip_expect)
+                continue;
+            break;
+        case SG_HDR_UPGRADE:
+            if (upgrade) {
+                put_header(&o, h);
+                continue;
+            }
+            break;
+        case SG_HDR_X_REQUEST_ID:
+            have_rid = true;
+            break;
+        default:
+            break;
+        }
+        if (h->hop)
+            continue;
+        put_header(&o, h);
+    }
+    char ip[64];
+    size_t iplen = sg_conn_ip(c, ip);
+    PUTS(&o, "X-Forwarded-For: ");
+    for (unsigned i = 0; i < nxff; i++) {
+        if (xff[i]->value_len == 0)
+            continue;
+        put(&o, xff[i]->value, xff[i]->value_len);
+        PUTS(&o, ", ");
+    }
+    put(&o, ip, iplen);
+    PUTS(&o, "\r\nX-Forwarded-Proto: http\r\nVia: 1.1 scalegate\r\n");
+    if (!have_rid) {
+        char rid[32];
+        uint64_t a = sg_worker_random(c->w), r2 = sg_worker_random(c->w);
+        for (int i = 0; i < 16; i++) {
+            rid[i] = hex[(a >> (i * 4)) & 15];
+            rid[16 + i] = hex[(r2 >> (i * 4)) & 15];
+        }
+        PUTS(&o, "X-Request-ID: ");
+        put(&o, rid, 32);
+        PUTS(&o, "\r\n");
+    }
+    if (upgrade)
+        PUTS(&o, "Connection: upgrade\r\n");
+    PUTS(&o, "\r\n");
+    return finish(b, &o);
+}
+
+struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, bool client_http10,
+                                 bool decode) {
+    size_t cap = m->reason_len + 96;
+    for (uint32_t i = 0; i < m->num_headers; i++)
+        cap += m->headers[i].name_len + m->headers[i].value_len + 4;
+    struct sg_buf *b = sg_buf_get_size(cap);
+    struct out o = {b->data, b->data + b->cap};
+    char status[4] = {(char)('0' + m->status / 100), (char)('0' + m->status / 10 % 10),
+                      (char)('0' + m->status % 10), ' '};
+    PUTS(&o, "HTTP/1.1 ");
+    put(&o, status, 4);
+    put(&o, m->reason, m->reason_len);
+    PUTS(&o, "\r\n");
+    bool upgrade = m->status == 101;
+    for (uint32_t i = 0; i < m->num_headers; i++) {
+        const struct sg_http_header *h = &m->headers[i];
+        if (h->id == SG_HDR_UPGRADE && upgrade) {
+            put_header(&o, h);
+            continue;
+        }
+        if (h->hop || (decode && h->id == SG_HDR_TRANSFER_ENCODING))
+            continue;
+        put_header(&o, h);
+    }
+    PUTS(&o, "Via: 1.1 scalegate\r\n");
+    if (upgrade)
+        PUTS(&o, "Connection: upgrade\r\n");
+    else if (!keep_alive)
+        PUTS(&o, "Connection: close\r\n");
+    else if (client_http10)
+        PUTS(&o, "Connection: keep-alive\r\n");
+    PUTS(&o, "\r\n");
+    return finish(b, &o);
+}

@@ -1,0 +1,564 @@
+/*
+ * The exchange: one request from a client connection to an upstream
+ * connection and its response back.
+ *
+ * Bytes move zero-copy between the two connections' read buffers and the
+ * sockets. A write is tried at once; when the kernel does not take it all,
+ * the rest is queued, the queued write takes the buffer it points into, and
+ * reading from the source stops until it completes (backpressure), so a slow
+ * client never makes the gateway hold more than a buffer or two per
+ * connection. The request head is rewritten once, into its own buffer, kept
+ * until the response head arrives so that a request without a body can be
+ * sent again once if a reused keep-alive connection turns out to be closed.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "proxy/proxy_int.h"
+
+static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+static struct sg_exchange *ex_alloc(struct sg_worker *w) {
+    struct sg_exchange *ex = w->free_exchanges;
+    if (ex)
+        w->free_exchanges = ex->next_free;
+    else
+        ex = sg_xmalloc(sizeof(*ex));
+    memset(ex, 0, sizeof(*ex));
+    return ex;
+}
+
+/* Frees ex; its upstream must already be released or closed. */
+static void ex_free(struct sg_worker *w, struct sg_exchange *ex) {
+    sg_buf_put(ex->head);
+    sg_config_unref(ex->cfg);
+    ex->next_free = w->free_exchanges;
+    w->free_exchanges = ex;
+}
+
+void sg_proxy_worker_cleanup(struct sg_worker *w) {
+    while (w->free_exchanges) {
+        struct sg_exchange *ex = w->free_exchanges;
+        w->free_exchanges = ex->next_free;
+        free(ex);
+    }
+}
+
+static uint64_t now_ms(struct sg_exchange *ex) {
+    return uv_now(&ex->client->w->loop);
+}
+
+/* The gateway answers status instead of the backend (or, when part of the
+ * response was already sent, cuts the client connection). */
+static void fail(struct sg_exchange *ex, int status) {
+    struct sg_conn *c = ex->client;
+    if (ex->resp_started)
+        sg_conn_close(c);
+    else
+        sg_conn_error(c, status); /* aborts the exchange first */
+}
+
+void sg_proxy_abort(struct sg_conn *c) {
+    struct sg_exchange *ex = c->ex;
+    if (!ex)
+        return;
+    if (ex->up) {
+        sg__upstream_close(ex->up);
+        ex->up = NULL;
+    }
+    c->ex = NULL;
+    ex_free(c->w, ex);
+}
+
+/* Validates the request body bytes that arrived in client->rbuf beyond
+ * those already validated. Returns 0 or an HTTP status. */
+static int validate_body(struct sg_exchange *ex) {
+    struct sg_buf *b = ex->client->rbuf;
+    uint32_t avail = b ? b->end - b->start - ex->req_ready : 0;
+    switch (ex->req_body) {
+    case SG_BODY_NONE:
+        ex->req_done = 1;
+        break;
+    case SG_BODY_LENGTH: {
+        uint32_t n = avail < ex->req_left ? avail : (uint32_t)ex->req_left;
+        ex->req_ready += n;
+        ex->req_left -= n;
+        if (ex->req_left == 0)
+            ex->req_done = 1;
+        break;
+    }
+    case SG_BODY_CHUNKED:
+        if (avail) {
+            ssize_t r = sg_http_chunked_scan(&ex->req_ch, b->data + b->start + ex->req_ready, avail);
+            if (r < 0)
+                return ex->req_ch.error_status ? ex->req_ch.error_status : 400;
+            ex->req_ready += (uint32_t)r;
+        }
+        if (ex->req_ch.done)
+            ex->req_done = 1;
+        break;
+    case SG_BODY_TUNNEL:
+        ex->req_ready += avail;
+        break;
+    }
+    return 0;
+}
+
+/* Writes the head (if not yet sent) and the validated body bytes to the
+ * upstream. */
+static void send_request(struct sg_exchange *ex) {
+    struct sg_upstream *up = ex->up;
+    struct sg_conn *c = ex->client;
+    if (!up || up->state != SG_UP_ACTIVE || up->writing)
+        return;
+    uv_buf_t bufs[2];
+    unsigned n = 0;
+    if (!ex->head_sent)
+        bufs[n++] = uv_buf_init(ex->head->data, ex->head->end);
+    uint32_t body = ex->req_ready;
+    if (body)
+        bufs[n++] = uv_buf_init(c->rbuf->data + c->rbuf->start, body);
+    if (n == 0)
+        return;
+    int r = sg__upstream_write(up, bufs, n, NULL, body ? c->rbuf : NULL);
+    if (r < 0) {
+        sg_log_warn("upstream %s: write: %s", ex->server->text, uv_strerror(r));
+        fail(ex, 502);
+        return;
+    }
+    ex->head_sent = 1;
+    ex->req_ready = 0;
+    if (r == 1 && body) {
+        /* The write owns the buffer now; keep what follows the body. */
+        struct sg_buf *old = c->rbuf;
+        uint32_t rest = old->end - old->start - body;
+        c->rbuf = NULL;
+        if (rest) {
+            c->rbuf = sg_buf_get_size(rest);
+            memcpy(c->rbuf->data, old->data + old->start + body, rest);
+            c->rbuf->end = rest;
+        }
+        sg_conn_read_stop(c);
+    } else if (body) {
+        c->rbuf->start += body;
+    }
+    if (ex->req_body != SG_BODY_NONE && ex->head && !up->writing) {
+        /* A request with a body is never resent: the head is not needed. */
+        sg_buf_put(ex->head);
+        ex->head = NULL;
+    }
+    if (up->writing)
+        return;
+    if (ex->req_done) {
+        if (c->state == SG_CONN_PROXY && !ex->resp_started)
+            c->deadline = now_ms(ex) + ex->pool->response_timeout_ms;
+    } else {
+        c->deadline = now_ms(ex) + ex->cfg->limits.body_timeout_ms;
+        sg_conn_read_start(c);
+    }
+}
+
+static void attach_upstream(struct sg_exchange *ex) {
+    struct sg_worker *w = ex->client->w;
+    struct sg_upstream *up = ex->retried ? NULL : sg__upstream_idle_get(w, ex->server);
+    if (up) {
+        up->ex = ex;
+        ex->up = up;
+        send_request(ex);
+        return;
+    }
+    up = sg__upstream_connect(w, ex->server);
+    if (!up) {
+        fail(ex, 502);
+        return;
+    }
+    up->ex = ex;
+    ex->up = up;
+    ex->client->deadline = now_ms(ex) + ex->pool->connect_timeout_ms;
+}
+
+int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head_len,
+                   const struct sg_route *route) {
+    struct sg_worker *w = c->w;
+    const struct sg_pool *pool = route->pool;
+    if (msg->method_id == SG_METHOD_CONNECT)
+        return 405;
+    struct sg_exchange *ex = ex_alloc(w);
+    ex->client = c;
+    ex->cfg = sg_config_ref(w->cfg);
+    ex->pool = pool;
+    uint32_t i = atomic_fetch_add_explicit(&((struct sg_pool *)pool)->rr, 1, memory_order_relaxed);
+    ex->server = &pool->servers[i % pool->nservers];
+    ex->method = msg->method_id;
+    ex->client_http10 = msg->minor == 0;
+    ex->keep_client = msg->keep_alive;
+    ex->upgrade = msg->upgrade;
+    ex->req_body = msg->body;
+    if (msg->body == SG_BODY_LENGTH)
+        ex->req_left = msg->content_length;
+    else if (msg->body == SG_BODY_CHUNKED)
+        sg_http_chunked_init(&ex->req_ch, ex->cfg->limits.max_body_bytes, 16384);
+    ex->head = sg__request_head(c, msg, ex->server, msg->upgrade, msg->expect_continue);
+    if (!ex->head) {
+        ex_free(w, ex);
+        return 431;
+    }
+    c->rbuf->start += (uint32_t)head_len;
+    c->scanned = 0;
+    c->ex = ex;
+    int status = validate_body(ex);
+    if (status) {
+        c->ex = NULL;
+        ex_free(w, ex);
+        return status;
+    }
+    sg_conn_set_state(c, SG_CONN_PROXY);
+    if (msg->expect_continue && !ex->req_done && !ex->client_http10) {
+        uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
+        if (sg_conn_write(c, &b, 1, NULL, NULL) < 0) {
+            sg_conn_close(c);
+            return 0;
+        }
+    }
+    attach_upstream(ex);
+    return 0;
+}
+
+void sg__proxy_connected(struct sg_exchange *ex, int status) {
+    if (status < 0) {
+        sg_log_warn("upstream %s: connect failed: %s", ex->server->text, uv_strerror(status));
+        sg__upstream_close(ex->up);
+        ex->up = NULL;
+        fail(ex, 502);
+        return;
+    }
+    send_request(ex);
+}
+
+void sg_proxy_client_data(struct sg_conn *c) {
+    struct sg_exchange *ex = c->ex;
+    if (ex->resp_done || ex->req_done)
+        return; /* bytes of the next request: they wait in rbuf */
+    int status = validate_body(ex);
+    if (status) {
+        fail(ex, status);
+        return;
+    }
+    if (c->state == SG_CONN_PROXY && !ex->resp_started)
+        c->deadline = now_ms(ex) + ex->cfg->limits.body_timeout_ms;
+    else if (c->state == SG_CONN_TUNNEL)
+        c->deadline = now_ms(ex) + ex->cfg->limits.idle_timeout_ms;
+    if (ex->up && ex->up->state == SG_UP_ACTIVE && !ex->up->writing)
+        send_request(ex);
+    else if (c->rbuf && c->rbuf->end == c->rbuf->cap)
+        sg_conn_read_stop(c); /* until the upstream takes what we have */
+}
+
+void sg__proxy_upstream_written(struct sg_exchange *ex, int status) {
+    struct sg_conn *c = ex->client;
+    if (status < 0) {
+        sg_log_warn("upstream %s: write failed: %s", ex->server->text, uv_strerror(status));
+        fail(ex, 502);
+        return;
+    }
+    if (ex->resp_started && ex->head) {
+        sg_buf_put(ex->head);
+        ex->head = NULL;
+    }
+    if (ex->req_done && ex->req_ready == 0) {
+        if (c->state == SG_CONN_PROXY && !ex->resp_started)
+            c->deadline = now_ms(ex) + ex->pool->response_timeout_ms;
+        return;
+    }
+    sg_conn_read_start(c);
+    if (ex->req_ready || (c->rbuf && c->rbuf->end > c->rbuf->start))
+        sg_proxy_client_data(c);
+    if (c->ex == ex && ex->req_ready)
+        send_request(ex);
+}
+
+/* The client side is over once every byte of the response was written. */
+static void finish_client(struct sg_exchange *ex) {
+    struct sg_conn *c = ex->client;
+    bool keep = ex->keep_client;
+    if (ex->req_ready && c->rbuf) /* validated request bytes never sent */
+        c->rbuf->start += ex->req_ready;
+    c->ex = NULL;
+    ex_free(c->w, ex);
+    sg_conn_request_done(c, keep);
+}
+
+/* The upstream side is over: reuse the connection if both directions ended
+ * cleanly, else close it. */
+static void release_upstream(struct sg_exchange *ex) {
+    struct sg_upstream *up = ex->up;
+    if (!up)
+        return;
+    ex->up = NULL;
+    bool sent = ex->req_done && ex->req_ready == 0 && ex->head_sent && !up->writing;
+    if (ex->up_reusable && sent)
+        sg__upstream_release(up, ex->pool);
+    else
+        sg__upstream_close(up);
+}
+
+static void response_done(struct sg_exchange *ex) {
+    ex->resp_done = 1;
+    release_upstream(ex);
+    if (ex->client->writes == 0)
+        finish_client(ex);
+}
+
+/* Hands the response head rh (may be NULL) and the body bytes in the
+ * upstream's buffer to the client. */
+static void forward_response(struct sg_exchange *ex, struct sg_buf *rh) {
+    struct sg_upstream *up = ex->up;
+    struct sg_conn *c = ex->client;
+    struct sg_buf *b = up->rbuf;
+    uint32_t avail = b ? b->end - b->start : 0;
+    uint32_t consumed = 0, payload = 0;
+    bool done = false;
+    switch (ex->resp_body) {
+    case SG_BODY_NONE:
+        done = true;
+        break;
+    case SG_BODY_LENGTH:
+        consumed = payload = avail < ex->resp_left ? avail : (uint32_t)ex->resp_left;
+        ex->resp_left -= consumed;
+        done = ex->resp_left == 0;
+        break;
+    case SG_BODY_CHUNKED:
+        if (!ex->decode) {
+            ssize_t r = avail ? sg_http_chunked_scan(&ex->resp_ch, b->data + b->start, avail) : 0;
+            if (r < 0) {
+                sg_log_warn("upstream %s: bad chunked response body: %s", ex->server->text,
+                            ex->resp_ch.error ? ex->resp_ch.error : "?");
+                sg_buf_put(rh);
+                fail(ex, 502);
+                return;
+            }
+            consumed = payload = (uint32_t)r;
+        } else {
+            /* Decode in place: payload bytes only move towards the front. */
+            char *base = b ? b->data + b->start : NULL;
+            while (consumed < avail && !ex->resp_ch.done) {
+                const char *data;
+                size_t dlen;
+                ssize_t r = sg_http_chunked_decode(&ex->resp_ch, base + consumed, avail - consumed,
+                                                   &data, &dlen);
+                if (r < 0) {
+                    sg_buf_put(rh);
+                    fail(ex, 502);
+                    return;
+                }
+                if (dlen)
+                    memmove(base + payload, data, dlen);
+                payload += (uint32_t)dlen;
+                consumed += (uint32_t)r;
+                if (r == 0)
+                    break;
+            }
+        }
+        done = ex->resp_ch.done;
+        break;
+    default: /* SG_BODY_EOF, SG_BODY_TUNNEL: until the upstream closes */
+        consumed = payload = avail;
+        break;
+    }
+    if (done && consumed < avail)
+        ex->up_reusable = 0; /* bytes after the response: not HTTP we understand */
+    uv_buf_t bufs[2];
+    unsigned n = 0;
+    if (rh)
+        bufs[n++] = uv_buf_init(rh->data, rh->end);
+    if (payload)
+        bufs[n++] = uv_buf_init(b->data + b->start, payload);
+    int r = n ? sg_conn_write(c, bufs, n, rh, payload ? b : NULL) : 0;
+    if (r < 0) {
+        sg_buf_put(rh);
+        sg_conn_close(c);
+        return;
+    }
+    if (r == 1) {
+        if (payload)
+            up->rbuf = NULL; /* the write owns it */
+        if (!done)
+            sg__upstream_read_stop(up); /* until the client catches up */
+    } else {
+        sg_buf_put(rh);
+        if (b) {
+            b->start += consumed;
+            if (b->start == b->end) {
+                sg_buf_put(b);
+                up->rbuf = NULL;
+            }
+        }
+    }
+    if (done)
+        response_done(ex);
+}
+
+static void enter_tunnel(struct sg_exchange *ex) {
+    struct sg_conn *c = ex->client;
+    ex->req_body = SG_BODY_TUNNEL;
+    ex->resp_body = SG_BODY_TUNNEL;
+    ex->req_done = 0;
+    ex->keep_client = 0;
+    ex->up_reusable = 0;
+    sg_conn_set_state(c, SG_CONN_TUNNEL);
+    sg_conn_read_start(c);
+}
+
+void sg__proxy_upstream_data(struct sg_exchange *ex) {
+    struct sg_conn *c = ex->client;
+    struct sg_upstream *up = ex->up;
+    ex->got_resp_bytes = 1;
+    if (c->state == SG_CONN_TUNNEL)
+        c->deadline = now_ms(ex) + ex->cfg->limits.idle_timeout_ms;
+    else
+        c->deadline = now_ms(ex) + ex->pool->response_timeout_ms;
+    if (ex->resp_started) {
+        forward_response(ex, NULL);
+        return;
+    }
+    struct sg_worker *w = c->w;
+    struct sg_buf *b = up->rbuf;
+    struct sg_http_limits lim = {.max_header_bytes = b->cap, .max_request_line = b->cap};
+    struct sg_http_msg msg;
+    for (;;) {
+        memset(&msg, 0, sizeof(msg));
+        msg.headers = w->headers;
+        msg.max_headers = SG_MAX_HEADERS;
+        size_t scanned = ex->resp_scanned;
+        int r = sg_http_parse_response(b->data + b->start, b->end - b->start, &scanned, &msg, &lim,
+                                       (enum sg_http_method)ex->method);
+        ex->resp_scanned = (uint32_t)scanned;
+        if (r == SG_HTTP_PARTIAL) {
+            if (b->end == b->cap && b->start == 0) {
+                sg_log_warn("upstream %s: response head too large", ex->server->text);
+                fail(ex, 502);
+            }
+            return;
+        }
+        if (r == SG_HTTP_ERROR) {
+            sg_log_warn("upstream %s: invalid response: %s", ex->server->text,
+                        msg.error ? msg.error : "?");
+            fail(ex, 502);
+            return;
+        }
+        if (msg.status >= 200 || msg.status == 101) {
+            if (msg.status == 101 && !ex->upgrade) {
+                sg_log_warn("upstream %s: 101 without an upgrade request", ex->server->text);
+                fail(ex, 502);
+                return;
+            }
+            b->start += (uint32_t)r;
+            ex->resp_scanned = 0;
+            break;
+        }
+        /* Interim 1xx: the gateway already answered 100-continue itself. */
+        b->start += (uint32_t)r;
+        ex->resp_scanned = 0;
+        if (b->start == b->end)
+            return;
+    }
+    ex->resp_started = 1;
+    if (ex->head && !up->writing) {
+        sg_buf_put(ex->head);
+        ex->head = NULL;
+    }
+    struct sg_buf *rh;
+    if (msg.status == 101) {
+        rh = sg__response_head(&msg, true, ex->client_http10, false);
+        if (rh)
+            enter_tunnel(ex);
+    } else {
+        ex->resp_body = msg.body;
+        ex->resp_left = msg.content_length;
+        if (msg.body == SG_BODY_CHUNKED) {
+            sg_http_chunked_init(&ex->resp_ch, 0, 65536);
+            ex->decode = ex->client_http10;
+        }
+        ex->up_reusable = msg.keep_alive && msg.body != SG_BODY_EOF;
+        ex->keep_client = ex->keep_client && ex->req_done && msg.body != SG_BODY_EOF &&
+                          !ex->decode && !w->draining;
+        rh = sg__response_head(&msg, ex->keep_client, ex->client_http10, ex->decode);
+    }
+    if (!rh) {
+        fail(ex, 502);
+        return;
+    }
+    bool tunnel = msg.status == 101;
+    forward_response(ex, rh);
+    /* Bytes the client sent after its upgrade request go through now. */
+    if (tunnel && !c->closed && c->ex == ex && c->rbuf && c->rbuf->end > c->rbuf->start)
+        sg_proxy_client_data(c);
+}
+
+void sg__proxy_upstream_eof(struct sg_exchange *ex, int err) {
+    struct sg_upstream *up = ex->up;
+    if (!ex->resp_started) {
+        if (!ex->got_resp_bytes && up->reused && !ex->retried && ex->head &&
+            ex->req_body == SG_BODY_NONE) {
+            /* A kept-alive connection closed as we reused it: resend once. */
+            sg_log_debug("upstream %s: reused connection closed, retrying", ex->server->text);
+            sg__upstream_close(up);
+            ex->up = NULL;
+            ex->retried = 1;
+            ex->head_sent = 0;
+            attach_upstream(ex);
+            return;
+        }
+        sg_log_warn("upstream %s: closed before a complete response (%s)", ex->server->text,
+                    uv_strerror(err));
+        fail(ex, 502);
+        return;
+    }
+    if (ex->resp_body == SG_BODY_EOF || ex->resp_body == SG_BODY_TUNNEL) {
+        ex->keep_client = 0;
+        ex->up_reusable = 0;
+        response_done(ex);
+        return;
+    }
+    sg_log_warn("upstream %s: response cut short (%s)", ex->server->text, uv_strerror(err));
+    sg_conn_close(ex->client);
+}
+
+void sg_proxy_client_written(struct sg_conn *c, int status) {
+    struct sg_exchange *ex = c->ex;
+    if (status < 0) {
+        sg_conn_close(c);
+        return;
+    }
+    if (ex->resp_done) {
+        if (c->writes == 0)
+            finish_client(ex);
+        return;
+    }
+    if (ex->up && c->writes == 0) {
+        sg__upstream_read_start(ex->up);
+        if (ex->up->rbuf && ex->up->rbuf->end > ex->up->rbuf->start)
+            sg__proxy_upstream_data(ex);
+    }
+}
+
+void sg_proxy_timeout(struct sg_conn *c) {
+    struct sg_exchange *ex = c->ex;
+    if (!ex || c->state == SG_CONN_TUNNEL || ex->resp_started) {
+        sg_log_info("conn %u.%u: timed out", c->w->index, c->id);
+        sg_conn_close(c);
+        return;
+    }
+    if (ex->up && ex->up->state == SG_UP_CONNECTING) {
+        sg_log_warn("upstream %s: connect timed out", ex->server->text);
+        fail(ex, 504);
+    } else if (!ex->req_done) {
+        sg_log_info("conn %u.%u: request body timed out", c->w->index, c->id);
+        fail(ex, 408);
+    } else {
+        sg_log_warn("upstream %s: no response within %llu ms", ex->server->text,
+                    (unsigned long long)ex->pool->response_timeout_ms);
+        fail(ex, 504);
+    }
+}

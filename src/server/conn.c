@@ -1,0 +1,440 @@
+/*
+ * Client connections: accept, read, parse request heads, hand requests to
+ * the proxy, answer gateway errors, time out, close.
+ *
+ * A connection reads continuously; input accumulates in c->rbuf (attached
+ * only while bytes are pending). Requests are handled one at a time, so
+ * pipelined requests are answered in order: bytes of the next request wait
+ * in rbuf until the current exchange is over, and reading stops only when
+ * rbuf is full. Timeouts are not per-connection timers: each state has a
+ * list ordered by entry time and the worker's sweep walks them.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/io.h"
+#include "core/log.h"
+#include "proxy/proxy.h"
+#include "server/server.h"
+
+/* How long a closing connection may take to drain its last answer. */
+#define CLOSING_TIMEOUT_MS 5000
+
+_Atomic uint32_t sg_client_conns;
+
+static void on_close(uv_handle_t *h);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void process_heads(struct sg_conn *c);
+
+static uint64_t state_timeout(const struct sg_conn *c, enum sg_conn_state s) {
+    const struct sg_limits *l = &c->w->cfg->limits;
+    switch (s) {
+    case SG_CONN_HEAD:
+        return l->header_timeout_ms;
+    case SG_CONN_IDLE:
+    case SG_CONN_TUNNEL:
+        return l->idle_timeout_ms;
+    case SG_CONN_CLOSING:
+        return CLOSING_TIMEOUT_MS;
+    default:
+        return l->body_timeout_ms; /* the proxy sets its own deadlines */
+    }
+}
+
+void sg_conn_set_state(struct sg_conn *c, enum sg_conn_state s) {
+    struct sg_worker *w = c->w;
+    if (c->state != s || c->link.next == &c->link) {
+        sg_list_remove(&c->link);
+        w->nconns[c->state]--;
+        c->state = (uint8_t)s;
+        w->nconns[s]++;
+    } else {
+        sg_list_remove(&c->link);
+    }
+    /* Re-entering a state puts c at the tail, keeping each list ordered by
+     * entry time (and so by deadline for the fixed-timeout states). */
+    sg_list_insert_tail(&w->conns[s], &c->link);
+    c->deadline = uv_now(&w->loop) + state_timeout(c, s);
+}
+
+void sg_conn_read_start(struct sg_conn *c) {
+    if (c->reading || c->closed)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = 1;
+}
+
+void sg_conn_read_stop(struct sg_conn *c) {
+    if (!c->reading)
+        return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+}
+
+size_t sg_conn_ip(const struct sg_conn *c, char *out) {
+    if (c->ip_family == AF_INET6) {
+        inet_ntop(AF_INET6, c->ip, out, 46);
+    } else if (c->ip_family == AF_INET) {
+        inet_ntop(AF_INET, c->ip, out, 46);
+    } else {
+        strcpy(out, "unknown");
+    }
+    return strlen(out);
+}
+
+void sg_conn_accept(struct sg_listener *l) {
+    struct sg_worker *w = l->w;
+    struct sg_conn *c = sg_xcalloc(1, sizeof(*c));
+    c->w = w;
+    c->id = ++w->next_id;
+    sg_list_init(&c->link);
+    uv_tcp_init(&w->loop, &c->tcp);
+    c->tcp.data = c;
+    atomic_fetch_add_explicit(&sg_client_conns, 1, memory_order_relaxed);
+    w->nconns_total++;
+    c->state = SG_CONN_HEAD;
+    w->nconns[SG_CONN_HEAD]++;
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+        sg_conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            c->ip_family = AF_INET;
+            memcpy(c->ip, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        } else if (ss.ss_family == AF_INET6) {
+            c->ip_family = AF_INET6;
+            memcpy(c->ip, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        }
+    }
+    sg_conn_set_state(c, SG_CONN_HEAD);
+    uint32_t max = w->cfg->limits.max_connections;
+    if (w->draining ||
+        atomic_load_explicit(&sg_client_conns, memory_order_relaxed) > max) {
+        sg_log_warn("conn %u.%u: max_connections (%u) reached, answering 503", w->index, c->id,
+                    max);
+        sg_conn_error(c, 503);
+        return;
+    }
+    sg_conn_read_start(c);
+}
+
+static void really_close(struct sg_conn *c) {
+    if (c->closed)
+        return;
+    c->closed = 1;
+    if (c->ex)
+        sg_proxy_abort(c);
+    c->reading = 0;
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+void sg_conn_close(struct sg_conn *c) {
+    really_close(c);
+}
+
+static void on_close(uv_handle_t *h) {
+    struct sg_conn *c = h->data;
+    struct sg_worker *w = c->w;
+    sg_list_remove(&c->link);
+    w->nconns[c->state]--;
+    w->nconns_total--;
+    atomic_fetch_sub_explicit(&sg_client_conns, 1, memory_order_relaxed);
+    sg_buf_put(c->rbuf);
+    free(c);
+    sg_worker_maybe_finish(w);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    struct sg_conn *c = h->data;
+    (void)hint;
+    if (!c->rbuf)
+        c->rbuf = sg_buf_get();
+    struct sg_buf *b = c->rbuf;
+    if (b->end == b->cap && b->start > 0)
+        sg_buf_compact(b);
+    out->base = b->data + b->end;
+    out->len = b->cap - b->end;
+}
+
+static void release_rbuf_if_empty(struct sg_conn *c) {
+    if (c->rbuf && c->rbuf->start == c->rbuf->end) {
+        sg_buf_put(c->rbuf);
+        c->rbuf = NULL;
+    }
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    (void)status;
+    free(req);
+}
+
+/* CLOSING: once the answer is out, half-close and keep reading (and
+ * discarding) for a moment, so that unread request bytes do not make the
+ * kernel reset the connection before the client has read the answer. */
+static void linger(struct sg_conn *c) {
+    if (c->closed || c->linger)
+        return;
+    c->linger = 1;
+    uv_shutdown_t *req = sg_xmalloc(sizeof(*req));
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(req);
+        really_close(c);
+        return;
+    }
+    c->deadline = uv_now(&c->w->loop) + 2000;
+    sg_conn_read_start(c);
+}
+
+static void on_written(void *arg, int status) {
+    struct sg_conn *c = arg;
+    c->writes--;
+    if (c->closed)
+        return;
+    if (c->ex) {
+        sg_proxy_client_written(c, status);
+        return;
+    }
+    if (status < 0) {
+        really_close(c);
+        return;
+    }
+    if (c->state == SG_CONN_CLOSING && c->writes == 0)
+        linger(c);
+}
+
+int sg_conn_write(struct sg_conn *c, const uv_buf_t *bufs, unsigned n, struct sg_buf *own0,
+                  struct sg_buf *own1) {
+    if (c->closed)
+        return UV_ECANCELED;
+    int r = sg_io_write((uv_stream_t *)&c->tcp, bufs, n, own0, own1, on_written, c);
+    if (r == 1)
+        c->writes++;
+    return r;
+}
+
+void sg_conn_error(struct sg_conn *c, int status) {
+    if (c->closed)
+        return;
+    if (c->ex)
+        sg_proxy_abort(c);
+    const char *reason = sg_http_reason(status);
+    struct sg_buf *b = sg_buf_get();
+    int body = snprintf(NULL, 0, "%d %s\n", status, reason);
+    int n = snprintf(b->data, b->cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     "Connection: close\r\n\r\n%d %s\n",
+                     status, reason, body, status, reason);
+    b->end = (uint32_t)n;
+    sg_conn_set_state(c, SG_CONN_CLOSING);
+    /* Input is discarded from now on. */
+    if (c->rbuf)
+        c->rbuf->start = c->rbuf->end = 0;
+    uv_buf_t ub = uv_buf_init(b->data, b->end);
+    int r = sg_conn_write(c, &ub, 1, b, NULL);
+    if (r == 1)
+        return; /* b belongs to the write; on_written lingers */
+    sg_buf_put(b);
+    if (r < 0) {
+        really_close(c);
+        return;
+    }
+    if (c->writes == 0)
+        linger(c);
+}
+
+void sg_conn_request_done(struct sg_conn *c, bool keep_alive) {
+    c->ex = NULL;
+    if (c->closed)
+        return;
+    if (!keep_alive || c->w->draining) {
+        sg_conn_set_state(c, SG_CONN_CLOSING);
+        if (c->rbuf)
+            c->rbuf->start = c->rbuf->end = 0;
+        if (c->writes == 0)
+            linger(c);
+        return;
+    }
+    c->scanned = 0;
+    if (c->rbuf && c->rbuf->start != c->rbuf->end) {
+        sg_conn_set_state(c, SG_CONN_HEAD);
+        sg_conn_read_start(c);
+        process_heads(c);
+        return;
+    }
+    release_rbuf_if_empty(c);
+    sg_conn_set_state(c, SG_CONN_IDLE);
+    sg_conn_read_start(c);
+}
+
+/* Parses the head at the front of rbuf and starts its exchange. */
+static void process_heads(struct sg_conn *c) {
+    struct sg_worker *w = c->w;
+    const struct sg_config *cfg = w->cfg;
+    struct sg_buf *b = c->rbuf;
+    struct sg_http_msg msg;
+    struct sg_http_limits lim = {
+        .max_request_line = cfg->limits.max_request_line,
+        .max_header_bytes = cfg->limits.max_header_bytes,
+        .max_body_bytes = cfg->limits.max_body_bytes,
+    };
+    memset(&msg, 0, sizeof(msg));
+    msg.headers = w->headers;
+    msg.max_headers = SG_MAX_HEADERS;
+    size_t scanned = c->scanned;
+    int r = sg_http_parse_request(b->data + b->start, b->end - b->start, &scanned, &msg, &lim);
+    c->scanned = (uint32_t)scanned;
+    if (r == SG_HTTP_PARTIAL) {
+        if (b->end == b->cap) {
+            if (b->start > 0) {
+                /* The head started mid-buffer (pipelining): make room. */
+                sg_buf_compact(b);
+            } else if (b->cap < cfg->limits.max_header_bytes + 1024u) {
+                /* Allowed to be larger than a standard buffer: grow once. */
+                struct sg_buf *nb = sg_buf_get_size(cfg->limits.max_header_bytes + 1024u);
+                memcpy(nb->data, b->data, b->end);
+                nb->end = b->end;
+                sg_buf_put(b);
+                c->rbuf = nb;
+            } else {
+                sg_conn_error(c, 431);
+            }
+        }
+        return;
+    }
+    if (r == SG_HTTP_ERROR) {
+        sg_log_debug("conn %u.%u: bad request: %s", w->index, c->id,
+                     msg.error ? msg.error : "?");
+        sg_conn_error(c, msg.error_status ? msg.error_status : 400);
+        return;
+    }
+    /* Route on the authority of an absolute-form target, else on Host. */
+    const char *host = NULL;
+    size_t host_len = 0;
+    const char *path = msg.target;
+    size_t path_len = msg.target_len;
+    if (msg.target_len > 0 && msg.target[0] != '/' && msg.target[0] != '*') {
+        const char *p = memchr(msg.target, ':', msg.target_len);
+        if (p && (size_t)(p - msg.target) + 3 <= msg.target_len && p[1] == '/' && p[2] == '/') {
+            host = p + 3;
+            const char *end = msg.target + msg.target_len;
+            const char *slash = memchr(host, '/', (size_t)(end - host));
+            const char *q = memchr(host, '?', (size_t)(end - host));
+            if (q && (!slash || q < slash))
+                slash = q;
+            host_len = (size_t)((slash ? slash : end) - host);
+            path = slash ? slash : "/";
+            path_len = slash ? (size_t)(end - slash) : 1;
+        }
+    }
+    if (!host && msg.host_index >= 0) {
+        host = msg.headers[msg.host_index].value;
+        host_len = msg.headers[msg.host_index].value_len;
+    }
+    const char *qm = memchr(path, '?', path_len);
+    size_t plen = qm ? (size_t)(qm - path) : path_len;
+    const struct sg_route *route = sg_config_route(cfg, host, host_len, path, plen, msg.method_id);
+    if (!route) {
+        sg_conn_error(c, 404);
+        return;
+    }
+    int status = sg_proxy_start(c, &msg, (size_t)r, route);
+    if (status)
+        sg_conn_error(c, status);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    struct sg_conn *c = s->data;
+    (void)buf;
+    if (c->closed)
+        return;
+    if (nread == 0) {
+        release_rbuf_if_empty(c);
+        return;
+    }
+    if (nread < 0) {
+        /* EOF or error: a request in flight is abandoned (the backend
+         * connection is closed too, see sg_proxy_abort). */
+        really_close(c);
+        return;
+    }
+    c->rbuf->end += (uint32_t)nread;
+    switch (c->state) {
+    case SG_CONN_IDLE:
+        sg_conn_set_state(c, SG_CONN_HEAD);
+        process_heads(c);
+        break;
+    case SG_CONN_HEAD:
+        process_heads(c);
+        break;
+    case SG_CONN_PROXY:
+    case SG_CONN_TUNNEL:
+        sg_proxy_client_data(c);
+        break;
+    case SG_CONN_CLOSING:
+    default:
+        c->rbuf->start = c->rbuf->end = 0;
+        break;
+    }
+    if (!c->closed) {
+        release_rbuf_if_empty(c);
+        /* Backpressure: a full buffer stops reading until it drains. */
+        if (c->rbuf && c->rbuf->end == c->rbuf->cap && c->rbuf->start == 0)
+            sg_conn_read_stop(c);
+    }
+}
+
+void sg_conn_sweep(struct sg_worker *w, uint64_t now) {
+    /* HEAD and IDLE lists are in deadline order: stop at the first alive. */
+    static const enum sg_conn_state ordered[] = {SG_CONN_HEAD, SG_CONN_IDLE};
+    for (size_t i = 0; i < 2; i++) {
+        struct sg_list *head = &w->conns[ordered[i]];
+        while (!sg_list_empty(head)) {
+            struct sg_conn *c = sg_container_of(head->next, struct sg_conn, link);
+            if (c->deadline > now)
+                break;
+            if (c->state == SG_CONN_HEAD && c->rbuf && c->rbuf->end > c->rbuf->start) {
+                sg_log_info("conn %u.%u: request head not complete after header_timeout",
+                            w->index, c->id);
+                sg_conn_error(c, 408); /* moves it to CLOSING */
+            } else {
+                sg_list_remove(&c->link); /* so the loop moves on */
+                really_close(c);
+            }
+        }
+    }
+    static const enum sg_conn_state scanned[] = {SG_CONN_PROXY, SG_CONN_TUNNEL, SG_CONN_CLOSING};
+    for (size_t i = 0; i < 3; i++) {
+        struct sg_list *head = &w->conns[scanned[i]];
+        for (struct sg_list *it = head->next, *next; it != head; it = next) {
+            next = it->next;
+            struct sg_conn *c = sg_container_of(it, struct sg_conn, link);
+            if (c->deadline > now || c->closed)
+                continue;
+            if (c->state == SG_CONN_CLOSING) {
+                sg_list_remove(&c->link);
+                really_close(c);
+            } else {
+                sg_proxy_timeout(c);
+            }
+        }
+    }
+}
+
+/* Graceful stop: close keep-alive connections between requests. */
+void sg_conn_close_idle(struct sg_worker *w) {
+    struct sg_list *head = &w->conns[SG_CONN_IDLE];
+    while (!sg_list_empty(head)) {
+        struct sg_conn *c = sg_container_of(head->next, struct sg_conn, link);
+        sg_list_remove(&c->link);
+        really_close(c);
+    }
+}
