@@ -1,0 +1,741 @@
+/*
+ * Config loading (src/config/): the full example, defaults, every error
+ * message with its file:line:key, several errors at once, route matching,
+ * and snapshot reference counting. Runs under ASan/LSan: a leak fails it.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "config/config.h"
+#include "core/intern.h"
+#include "http/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static struct sg_config *load(const char *yaml, struct sg_config_errors *e) {
+    return sg_config_load_string("t.yaml", yaml, strlen(yaml), e);
+}
+
+/* Loads yaml, which must succeed; prints the errors if it does not. */
+static struct sg_config *load_ok(const char *yaml) {
+    struct sg_config_errors e;
+    struct sg_config *c = load(yaml, &e);
+    if (c == NULL) {
+        for (size_t i = 0; i < e.n; i++)
+            print_error("%s\n", e.msgs[i]);
+        sg_config_errors_free(&e);
+        fail_msg("config rejected:\n%s", yaml);
+    }
+    assert_int_equal(e.n, 0);
+    assert_null(e.msgs);
+    return c;
+}
+
+/* Loads yaml; true if it fails with exactly the messages want[0..n) (else prints them). */
+static bool check_errors(const char *yaml, const char *const *want, size_t n) {
+    struct sg_config_errors e;
+    struct sg_config *c = load(yaml, &e);
+    bool same = c == NULL && e.n == n;
+    for (size_t i = 0; same && i < n; i++)
+        same = strcmp(e.msgs[i], want[i]) == 0;
+    if (!same) {
+        print_error("config:\n%s\nwant %zu error(s):\n", yaml, n);
+        for (size_t i = 0; i < n; i++)
+            print_error("  %s\n", want[i]);
+        print_error("got %zu:\n", c ? 0 : e.n);
+        for (size_t i = 0; i < e.n; i++)
+            print_error("  %s\n", e.msgs[i]);
+    }
+    sg_config_unref(c);
+    sg_config_errors_free(&e);
+    return same;
+}
+
+static void expect_errors(const char *yaml, const char *const *want, size_t n) {
+    assert_true(check_errors(yaml, want, n));
+}
+
+static unsigned port_of(const struct sockaddr_storage *ss) {
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+static uint32_t cores(void) {
+    unsigned n = uv_available_parallelism();
+    return n < 1 ? 1 : n > 256 ? 256 : n;
+}
+
+/* ---- good configs --------------------------------------------------------- */
+
+static const char full_example[] =
+    "listen: [127.0.0.1:8080, \"[::1]:8081\", \":8082\"]\n"
+    "workers: 3\n"
+    "limits:\n"
+    "  max_connections: 500\n"
+    "  header_timeout: 5s\n"
+    "  idle_timeout: 2m\n"
+    "  body_timeout: 1500ms\n"
+    "  shutdown_timeout: 0\n"
+    "  max_request_line: 4k\n"
+    "  max_header_bytes: 32KB\n"
+    "  max_body_bytes: 1g\n"
+    "pools:\n"
+    "  app:\n"
+    "    servers: [127.0.0.1:9001, 127.0.0.1:9002]\n"
+    "    connect_timeout: 2s\n"
+    "    response_timeout: 1h\n"
+    "    keepalive: 0\n"
+    "    keepalive_timeout: 30\n"
+    "  api-v2_x:\n"
+    "    servers:\n"
+    "      - \"[::1]:9100\"\n"
+    "routes:\n"
+    "  - match: { host: API.Example.com, path_prefix: /api, methods: [GET, post] }\n"
+    "    pool: api-v2_x\n"
+    "  - match: { host: \"*.example.com\" }\n"
+    "    pool: app\n"
+    "  - match: { methods: DELETE }\n"
+    "    pool: app\n"
+    "  - pool: app\n";
+
+static void test_full_example(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok(full_example);
+
+    assert_string_equal(c->path, "t.yaml");
+    assert_int_equal(atomic_load(&c->refs), 1);
+    assert_int_equal(c->nlisten, 3);
+    assert_string_equal(c->listen[0].text, "127.0.0.1:8080");
+    assert_int_equal(c->listen[0].addr.ss_family, AF_INET);
+    assert_int_equal(c->listen[0].addrlen, sizeof(struct sockaddr_in));
+    assert_int_equal(port_of(&c->listen[0].addr), 8080);
+    assert_string_equal(c->listen[1].text, "[::1]:8081");
+    assert_int_equal(c->listen[1].addr.ss_family, AF_INET6);
+    assert_int_equal(c->listen[1].addrlen, sizeof(struct sockaddr_in6));
+    assert_string_equal(c->listen[2].text, "0.0.0.0:8082");
+    assert_int_equal(c->workers, 3);
+
+    assert_int_equal(c->limits.max_connections, 500);
+    assert_int_equal(c->limits.header_timeout_ms, 5000);
+    assert_int_equal(c->limits.idle_timeout_ms, 120000);
+    assert_int_equal(c->limits.body_timeout_ms, 1500);
+    assert_int_equal(c->limits.shutdown_timeout_ms, 0);
+    assert_int_equal(c->limits.max_request_line, 4096);
+    assert_int_equal(c->limits.max_header_bytes, 32768);
+    assert_int_equal(c->limits.max_body_bytes, 1ull << 30);
+
+    assert_int_equal(c->npools, 2);
+    struct sg_pool *app = &c->pools[0], *api = &c->pools[1];
+    assert_string_equal(app->name, "app");
+    assert_int_equal(app->nservers, 2);
+    assert_string_equal(app->servers[0].text, "127.0.0.1:9001");
+    assert_string_equal(app->servers[1].text, "127.0.0.1:9002");
+    assert_int_equal(port_of(&app->servers[1].addr), 9002);
+    assert_int_equal(app->servers[0].weight, 1);
+    assert_int_equal(app->servers[0].id, sg_intern("127.0.0.1:9001"));
+    assert_int_equal(app->servers[1].id, sg_intern("127.0.0.1:9002"));
+    assert_int_not_equal(app->servers[0].id, app->servers[1].id);
+    assert_int_equal(app->connect_timeout_ms, 2000);
+    assert_int_equal(app->response_timeout_ms, 3600000);
+    assert_int_equal(app->keepalive, 0);
+    assert_int_equal(app->keepalive_timeout_ms, 30000);
+    assert_int_equal(atomic_load(&app->rr), 0);
+    assert_string_equal(api->name, "api-v2_x");
+    assert_int_equal(api->nservers, 1);
+    assert_string_equal(api->servers[0].text, "[::1]:9100");
+    assert_int_equal(api->servers[0].addr.ss_family, AF_INET6);
+
+    assert_int_equal(c->nroutes, 4);
+    assert_string_equal(c->routes[0].host, "api.example.com");
+    assert_string_equal(c->routes[0].path_prefix, "/api");
+    assert_int_equal(c->routes[0].path_prefix_len, 4);
+    assert_int_equal(c->routes[0].methods, (1u << SG_METHOD_GET) | (1u << SG_METHOD_POST));
+    assert_ptr_equal(c->routes[0].pool, api);
+    assert_string_equal(c->routes[1].host, "*.example.com");
+    assert_null(c->routes[1].path_prefix);
+    assert_int_equal(c->routes[1].methods, 0);
+    assert_ptr_equal(c->routes[1].pool, app);
+    assert_null(c->routes[2].host);
+    assert_int_equal(c->routes[2].methods, 1u << SG_METHOD_DELETE);
+    assert_null(c->routes[3].host);
+    assert_null(c->routes[3].path_prefix);
+    assert_int_equal(c->routes[3].methods, 0);
+    assert_ptr_equal(c->routes[3].pool, app);
+    sg_config_unref(c);
+}
+
+static void test_defaults(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok("listen: 8080\n"
+                                  "pools:\n"
+                                  "  only:\n"
+                                  "    servers: [localhost:9001]\n");
+    assert_int_equal(c->nlisten, 1);
+    assert_string_equal(c->listen[0].text, "0.0.0.0:8080");
+    assert_int_equal(c->workers, cores());
+    assert_int_equal(c->limits.max_connections, 10000);
+    assert_int_equal(c->limits.header_timeout_ms, 10000);
+    assert_int_equal(c->limits.idle_timeout_ms, 60000);
+    assert_int_equal(c->limits.body_timeout_ms, 30000);
+    assert_int_equal(c->limits.shutdown_timeout_ms, 30000);
+    assert_int_equal(c->limits.max_request_line, 8192);
+    assert_int_equal(c->limits.max_header_bytes, 16384);
+    assert_int_equal(c->limits.max_body_bytes, 10u << 20);
+    assert_int_equal(c->npools, 1);
+    struct sg_pool *p = &c->pools[0];
+    assert_string_equal(p->servers[0].text, "localhost:9001");
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&p->servers[0].addr;
+    assert_int_equal(a->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+    assert_int_equal(p->connect_timeout_ms, 5000);
+    assert_int_equal(p->response_timeout_ms, 60000);
+    assert_int_equal(p->keepalive, 64);
+    assert_int_equal(p->keepalive_timeout_ms, 60000);
+    /* one pool and no routes: a single catch-all route to it */
+    assert_int_equal(c->nroutes, 1);
+    assert_null(c->routes[0].host);
+    assert_null(c->routes[0].path_prefix);
+    assert_int_equal(c->routes[0].methods, 0);
+    assert_ptr_equal(c->routes[0].pool, p);
+    sg_config_unref(c);
+}
+
+static void test_variants(void **state) {
+    (void)state;
+    /* empty sections, workers auto, a lone server string, "/" and "*" */
+    struct sg_config *c = load_ok("listen: [\"[::]:80\"]\n"
+                                  "workers: auto\n"
+                                  "limits:\n"
+                                  "pools: {a: {servers: 10.0.0.1:80}}\n"
+                                  "routes:\n"
+                                  "  - match: {path_prefix: /, host: \"*\", methods: [get, Head]}\n"
+                                  "    pool: a\n"
+                                  "  - match:\n"
+                                  "    pool: a\n"
+                                  "  - match: {host: Example.COM.}\n"
+                                  "    pool: a\n"
+                                  "# trailing comment\n");
+    assert_string_equal(c->listen[0].text, "[::]:80");
+    assert_int_equal(c->workers, cores());
+    assert_int_equal(c->limits.max_header_bytes, 16384);
+    assert_int_equal(c->pools[0].nservers, 1);
+    assert_null(c->routes[0].path_prefix);
+    assert_null(c->routes[0].host);
+    assert_int_equal(c->routes[0].methods, (1u << SG_METHOD_GET) | (1u << SG_METHOD_HEAD));
+    assert_null(c->routes[1].host);
+    assert_string_equal(c->routes[2].host, "example.com");
+    sg_config_unref(c);
+
+    /* a null routes section with one pool is the default route */
+    c = load_ok("listen: 80\npools: {a: {servers: [1.2.3.4:5]}}\nroutes:\n");
+    assert_int_equal(c->nroutes, 1);
+    sg_config_unref(c);
+
+    /* workers at its bounds; anchors and aliases work */
+    c = load_ok("listen: 80\nworkers: 256\n"
+                "pools:\n  a: &p {servers: [1.2.3.4:5], keepalive: 7}\n  b: *p\n"
+                "routes: [{pool: b}]\n");
+    assert_int_equal(c->workers, 256);
+    assert_int_equal(c->pools[1].keepalive, 7);
+    assert_int_equal(c->pools[0].servers[0].id, c->pools[1].servers[0].id);
+    sg_config_unref(c);
+}
+
+static void test_demo_file(void **state) {
+    (void)state;
+    struct sg_config_errors e;
+    if (access("examples/demo.yaml", R_OK) != 0)
+        skip(); /* run from the repository root (make unit does) */
+    struct sg_config *c = sg_config_load("examples/demo.yaml", &e);
+    for (size_t i = 0; c == NULL && i < e.n; i++)
+        print_error("%s\n", e.msgs[i]);
+    assert_non_null(c);
+    assert_string_equal(c->listen[0].text, "127.0.0.1:8080");
+    assert_int_equal(c->workers, cores());
+    assert_int_equal(c->npools, 1);
+    assert_string_equal(c->pools[0].name, "app");
+    assert_int_equal(c->pools[0].nservers, 2);
+    assert_string_equal(c->pools[0].servers[1].text, "127.0.0.1:9002");
+    assert_non_null(sg_config_route(c, "x", 1, "/", 1, SG_METHOD_GET));
+    sg_config_unref(c);
+}
+
+static void test_load_file(void **state) {
+    (void)state;
+    struct sg_config_errors e;
+    char path[] = "/tmp/sg_test_config_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *yaml = "listen: 1234\npools: {a: {servers: [1.2.3.4:5]}}\nworkers: x\n";
+    assert_int_equal(write(fd, yaml, strlen(yaml)), (ssize_t)strlen(yaml));
+    close(fd);
+
+    struct sg_config *c = sg_config_load(path, &e);
+    assert_null(c);
+    assert_int_equal(e.n, 1);
+    char want[256];
+    snprintf(want, sizeof(want), "%s:3: workers: \"x\" is not a number or \"auto\"", path);
+    assert_string_equal(e.msgs[0], want);
+    sg_config_errors_free(&e);
+    assert_int_equal(e.n, 0);
+    assert_null(e.msgs);
+    unlink(path);
+
+    c = sg_config_load(path, &e);
+    assert_null(c);
+    assert_int_equal(e.n, 1);
+    snprintf(want, sizeof(want), "%s: cannot read: %s", path, strerror(ENOENT));
+    assert_string_equal(e.msgs[0], want);
+    sg_config_errors_free(&e);
+
+    c = sg_config_load("/tmp", &e);
+    assert_null(c);
+    assert_int_equal(e.n, 1);
+    snprintf(want, sizeof(want), "/tmp: cannot read: %s", strerror(EISDIR));
+    assert_string_equal(e.msgs[0], want);
+    sg_config_errors_free(&e);
+
+    /* errs may be NULL when the caller only wants yes or no */
+    assert_null(sg_config_load("/nonexistent/x.yaml", NULL));
+    assert_null(load("listen: [", NULL));
+    c = load("listen: 1\npools: {a: {servers: [1.2.3.4:5]}}\n", NULL);
+    assert_non_null(c);
+    sg_config_unref(c);
+}
+
+/* ---- errors, one at a time -------------------------------------------------- */
+
+#define BASE                                                                                       \
+    "listen: 127.0.0.1:8080\n"                                                                     \
+    "pools:\n"                                                                                     \
+    "  app:\n"                                                                                     \
+    "    servers: [127.0.0.1:9001]\n"
+
+struct err_case {
+    const char *yaml;
+    const char *want;
+};
+
+static const struct err_case error_cases[] = {
+    /* limits */
+    {BASE "limits:\n  header_timout: 5s\n", "t.yaml:6: limits.header_timout: unknown key"},
+    {BASE "limits:\n  max_body_bytes: 10XB\n",
+     "t.yaml:6: limits.max_body_bytes: \"10XB\" is not a size"},
+    {BASE "limits:\n  max_body_bytes: -1\n",
+     "t.yaml:6: limits.max_body_bytes: \"-1\" is not a size"},
+    {BASE "limits:\n  header_timeout: 10x\n",
+     "t.yaml:6: limits.header_timeout: \"10x\" is not a duration"},
+    {BASE "limits:\n  header_timeout: 0\n",
+     "t.yaml:6: limits.header_timeout: \"0\" is out of range (1ms to 365d)"},
+    {BASE "limits:\n  idle_timeout: 366d\n",
+     "t.yaml:6: limits.idle_timeout: \"366d\" is out of range (1ms to 365d)"},
+    {BASE "limits:\n  max_header_bytes: 128k\n",
+     "t.yaml:6: limits.max_header_bytes: \"128k\" is out of range (1k to 64k)"},
+    {BASE "limits:\n  max_header_bytes: 1023\n",
+     "t.yaml:6: limits.max_header_bytes: \"1023\" is out of range (1k to 64k)"},
+    {BASE "limits:\n  max_request_line: 100\n",
+     "t.yaml:6: limits.max_request_line: \"100\" is out of range (256 to 64k)"},
+    {BASE "limits:\n  max_header_bytes: 4k\n",
+     "t.yaml:6: limits.max_header_bytes: max_request_line (8k) is larger than "
+     "max_header_bytes (4k)"},
+    {BASE "limits:\n  max_request_line: 32k\n  max_header_bytes: 16k\n",
+     "t.yaml:6: limits.max_request_line: max_request_line (32k) is larger than "
+     "max_header_bytes (16k)"},
+    {BASE "limits:\n  max_connections: 0\n",
+     "t.yaml:6: limits.max_connections: \"0\" is out of range (1 to 10000000)"},
+    {BASE "limits:\n  max_connections: 1k\n",
+     "t.yaml:6: limits.max_connections: \"1k\" is not a whole number"},
+    {BASE "limits:\n  idle_timeout: 1s\n  idle_timeout: 2s\n",
+     "t.yaml:7: limits.idle_timeout: duplicate key (first at line 6)"},
+    {BASE "limits: [1, 2]\n", "t.yaml:5: limits: expected a map, got a list"},
+    {BASE "limits: 5\n", "t.yaml:5: limits: expected a map, got a string"},
+    {BASE "limits:\n  header_timeout: [1]\n",
+     "t.yaml:6: limits.header_timeout: expected a duration, got a list"},
+    {BASE "limits:\n  header_timeout: {a: 1}\n",
+     "t.yaml:6: limits.header_timeout: expected a duration, got a map"},
+    {BASE "limits: {header_timeout: }\n",
+     "t.yaml:5: limits.header_timeout: has no value (expected a duration)"},
+    {BASE "limits:\n  ? [a]\n  : 1\n", "t.yaml:6: limits: keys must be strings, got a list"},
+    /* workers */
+    {BASE "workers: 0\n", "t.yaml:5: workers: \"0\" is out of range (1 to 256)"},
+    {BASE "workers: 257\n", "t.yaml:5: workers: \"257\" is out of range (1 to 256)"},
+    {BASE "workers: many\n", "t.yaml:5: workers: \"many\" is not a number or \"auto\""},
+    {BASE "workers: -2\n", "t.yaml:5: workers: \"-2\" is not a number or \"auto\""},
+    {BASE "workers: [1]\n", "t.yaml:5: workers: expected a number or \"auto\", got a list"},
+    /* top level */
+    {BASE "bogus: 1\n", "t.yaml:5: bogus: unknown key"},
+    {BASE "listen: 80\n", "t.yaml:5: listen: duplicate key (first at line 1)"},
+    {"pools: {app: {servers: [1.2.3.4:80]}}\n", "t.yaml:1: listen: required key is missing"},
+    {"listen: 80\n", "t.yaml:1: pools: required key is missing"},
+    {"", "t.yaml:1: the file is empty (expected listen, pools and routes)"},
+    {"# only a comment\n", "t.yaml:1: the file is empty (expected listen, pools and routes)"},
+    {"- a\n", "t.yaml:1: expected a map of sections (listen, pools, ...), got a list"},
+    {"hello\n", "t.yaml:1: expected a map of sections (listen, pools, ...), got a string"},
+    {BASE "---\nlisten: 80\n", "t.yaml:6: only one YAML document is allowed per file"},
+    /* YAML syntax */
+    {"listen: 80\npools:\n  a: {servers: [1.2.3.4:5]\n",
+     "t.yaml:4: syntax error: did not find expected ',' or '}' (while parsing a flow mapping at "
+     "line 3)"},
+    {"listen: 80\n pools: 1\n",
+     "t.yaml:2: syntax error: mapping values are not allowed in this context"},
+    {"listen: *x\n", "t.yaml:1: syntax error: found undefined alias"},
+    {"listen: \"\xff\"\n", "t.yaml:1: syntax error: invalid leading UTF-8 octet"},
+    {"listen: \"a\\0b\"\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen: contains a NUL character"},
+    /* listen */
+    {"listen: abc\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen: \"abc\" is not host:port"},
+    {"listen: \":0\"\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen: \":0\" is not host:port"},
+    {"listen: 127.0.0.1:65536\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen: \"127.0.0.1:65536\" is not host:port"},
+    {"listen:\n  - 80\n  - example.com:80\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:3: listen[1]: \"example.com:80\" is not host:port"},
+    {"listen: [80, \"0.0.0.0:80\"]\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen[1]: \"0.0.0.0:80\" is listed twice (0.0.0.0:80)"},
+    {"listen: {a: 1}\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen: expected host:port or a list of them, got a map"},
+    {"listen: []\npools: {a: {servers: [1.2.3.4:5]}}\n", "t.yaml:1: listen: the list is empty"},
+    {"listen:\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen: has no value (expected host:port)"},
+    {"listen: [[80]]\npools: {a: {servers: [1.2.3.4:5]}}\n",
+     "t.yaml:1: listen[0]: expected host:port, got a list"},
+    /* pools */
+    {"listen: 80\npools: []\n",
+     "t.yaml:2: pools: expected a map of pool names to pools, got a list"},
+    {"listen: 80\npools: {}\n", "t.yaml:2: pools: no pool is defined"},
+    {"listen: 80\npools:\n",
+     "t.yaml:2: pools: has no value (expected a map of pool names to pools)"},
+    {"listen: 80\npools:\n  a.b: {servers: [1.2.3.4:5]}\n",
+     "t.yaml:3: pools.a.b: \"a.b\" is not a valid pool name (use letters, digits, _ and -)"},
+    {"listen: 80\npools:\n  a: {servers: [1.2.3.4:5]}\n  a: {servers: [1.2.3.4:6]}\n",
+     "t.yaml:4: pools.a: duplicate key (pool defined twice)"},
+    {"listen: 80\npools:\n  app: [1]\n", "t.yaml:3: pools.app: expected a map, got a list"},
+    {"listen: 80\npools:\n  app:\n",
+     "t.yaml:3: pools.app: has no value (expected a map with servers)"},
+    {"listen: 80\npools:\n  app:\n    keepalive: 1\n",
+     "t.yaml:4: pools.app.servers: required key is missing"},
+    {"listen: 80\npools:\n  app:\n    servers: []\n",
+     "t.yaml:4: pools.app.servers: the list is empty"},
+    {"listen: 80\npools:\n  app:\n    servers: {a: 1}\n",
+     "t.yaml:4: pools.app.servers: expected host:port or a list of them, got a map"},
+    {"listen: 80\npools:\n  app:\n    servers:\n",
+     "t.yaml:4: pools.app.servers: has no value (expected a list of host:port)"},
+    {"listen: 80\npools:\n  app:\n    servers: [127.0.0.1:9001, abc]\n",
+     "t.yaml:4: pools.app.servers[1]: \"abc\" is not host:port"},
+    {"listen: 80\npools:\n  app:\n    servers: [\":9001\"]\n",
+     "t.yaml:4: pools.app.servers[0]: \":9001\" has no host to connect to"},
+    {"listen: 80\npools:\n  app:\n    servers: [1.2.3.4:5, 1.2.3.4:5]\n",
+     "t.yaml:4: pools.app.servers[1]: \"1.2.3.4:5\" is listed twice"},
+    {BASE "    keepalive: -1\n", "t.yaml:5: pools.app.keepalive: \"-1\" is not a whole number"},
+    {BASE "    keepalive: 10001\n",
+     "t.yaml:5: pools.app.keepalive: \"10001\" is out of range (0 to 10000)"},
+    {BASE "    connect_timeout: 0s\n",
+     "t.yaml:5: pools.app.connect_timeout: \"0s\" is out of range (1ms to 365d)"},
+    {BASE "    response_timeout: soon\n",
+     "t.yaml:5: pools.app.response_timeout: \"soon\" is not a duration"},
+    {BASE "    keepalive_timout: 1s\n", "t.yaml:5: pools.app.keepalive_timout: unknown key"},
+    /* routes */
+    {BASE "routes:\n  - match: {path_prefix: /}\n    pool: ap\n",
+     "t.yaml:7: routes[0].pool: no pool named \"ap\""},
+    {BASE "routes:\n  - match: {path_prefix: api}\n    pool: app\n",
+     "t.yaml:6: routes[0].match.path_prefix: \"api\" must start with '/'"},
+    {BASE "routes:\n  - match: {methods: [GET, FOO]}\n    pool: app\n",
+     "t.yaml:6: routes[0].match.methods[1]: \"FOO\" is not an HTTP method (GET, HEAD, POST, "
+     "PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH)"},
+    {BASE "routes:\n  - match: {methods: []}\n    pool: app\n",
+     "t.yaml:6: routes[0].match.methods: the list is empty"},
+    {BASE "routes:\n  - match: {methods: }\n    pool: app\n",
+     "t.yaml:6: routes[0].match.methods: has no value (expected a list of HTTP methods)"},
+    {BASE "routes:\n  - match: {host: \"example.com:80\"}\n    pool: app\n",
+     "t.yaml:6: routes[0].match.host: \"example.com:80\" is not a host name"},
+    {BASE "routes:\n  - match: {host: \"a..b\"}\n    pool: app\n",
+     "t.yaml:6: routes[0].match.host: \"a..b\" is not a host name"},
+    {BASE "routes:\n  - match: {host: \"*example.com\"}\n    pool: app\n",
+     "t.yaml:6: routes[0].match.host: \"*example.com\" is not a host name"},
+    {BASE "routes:\n  - match: {hots: a}\n    pool: app\n",
+     "t.yaml:6: routes[0].match.hots: unknown key"},
+    {BASE "routes:\n  - match: [a]\n    pool: app\n",
+     "t.yaml:6: routes[0].match: expected a map, got a list"},
+    {BASE "routes:\n  - pool: app\n    pool: app\n",
+     "t.yaml:7: routes[0].pool: duplicate key (first at line 6)"},
+    {BASE "routes:\n  - match: {}\n", "t.yaml:6: routes[0].pool: required key is missing"},
+    {BASE "routes:\n  - pool: [app]\n",
+     "t.yaml:6: routes[0].pool: expected a pool name, got a list"},
+    {BASE "routes:\n  - app\n",
+     "t.yaml:6: routes[0]: expected a map with match and pool, got a string"},
+    {BASE "routes:\n  -\n", "t.yaml:6: routes[0]: expected a map with match and pool, got nothing"},
+    {BASE "routes: {a: 1}\n", "t.yaml:5: routes: expected a list of routes, got a map"},
+    {BASE "routes: []\n", "t.yaml:5: routes: the list is empty (every request would get 404)"},
+    {"listen: 80\npools:\n  a: {servers: [1.2.3.4:5]}\n  b: {servers: [1.2.3.4:6]}\n",
+     "t.yaml:1: routes: required when there is more than one pool"},
+};
+
+static void test_errors_one_by_one(void **state) {
+    (void)state;
+    size_t failed = 0;
+    for (size_t i = 0; i < N(error_cases); i++)
+        failed += !check_errors(error_cases[i].yaml, &error_cases[i].want, 1);
+    assert_int_equal(failed, 0);
+}
+
+/* ---- several errors at once --------------------------------------------------- */
+
+static void test_errors_collected(void **state) {
+    (void)state;
+    /* routes come first in the file: messages are still in line order */
+    static const char yaml[] = "routes:\n"                                           /* 1 */
+                               "  - match: {path_prefix: x, methods: [GET, GRAB]}\n" /* 2 */
+                               "    pool: ap\n"                                      /* 3 */
+                               "listen: [abc, \":8080\", \":8080\"]\n"               /* 4 */
+                               "workers: none\n"                                     /* 5 */
+                               "limits:\n"                                           /* 6 */
+                               "  header_timout: 5s\n"                               /* 7 */
+                               "  max_body_bytes: 10XB\n"                            /* 8 */
+                               "  max_body_bytes: 1m\n"                              /* 9 */
+                               "pools:\n"                                            /* 10 */
+                               "  app:\n"                                            /* 11 */
+                               "    servers: [127.0.0.1:9001, abc]\n"                /* 12 */
+                               "    keepalive: lots\n"                               /* 13 */
+                               "  web:\n"                                            /* 14 */
+                               "    servers: []\n"                                   /* 15 */
+                               "extra: true\n";                                      /* 16 */
+    static const char *const want[] = {
+        "t.yaml:2: routes[0].match.path_prefix: \"x\" must start with '/'",
+        ("t.yaml:2: routes[0].match.methods[1]: \"GRAB\" is not an HTTP method (GET, HEAD, POST, "
+         "PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH)"),
+        "t.yaml:3: routes[0].pool: no pool named \"ap\"",
+        "t.yaml:4: listen[0]: \"abc\" is not host:port",
+        "t.yaml:4: listen[2]: \":8080\" is listed twice (0.0.0.0:8080)",
+        "t.yaml:5: workers: \"none\" is not a number or \"auto\"",
+        "t.yaml:7: limits.header_timout: unknown key",
+        "t.yaml:8: limits.max_body_bytes: \"10XB\" is not a size",
+        "t.yaml:9: limits.max_body_bytes: duplicate key (first at line 8)",
+        "t.yaml:12: pools.app.servers[1]: \"abc\" is not host:port",
+        "t.yaml:13: pools.app.keepalive: \"lots\" is not a whole number",
+        "t.yaml:15: pools.web.servers: the list is empty",
+        "t.yaml:16: extra: unknown key",
+    };
+    expect_errors(yaml, want, N(want));
+}
+
+static void test_errors_capped(void **state) {
+    (void)state;
+    /* 1500 bad servers: 1000 messages kept plus a last line saying how many more */
+    size_t cap = 64 + 1500 * 8;
+    char *yaml = malloc(cap);
+    assert_non_null(yaml);
+    size_t o = (size_t)snprintf(yaml, cap, "listen: 80\npools:\n  a:\n    servers:\n");
+    for (int i = 0; i < 1500; i++)
+        o += (size_t)snprintf(yaml + o, cap - o, "    - x\n");
+    struct sg_config_errors e;
+    assert_null(sg_config_load_string("big.yaml", yaml, o, &e));
+    assert_int_equal(e.n, 1001);
+    assert_string_equal(e.msgs[0], "big.yaml:5: pools.a.servers[0]: \"x\" is not host:port");
+    assert_string_equal(e.msgs[1000], "big.yaml: too many errors, 500 more not shown");
+    sg_config_errors_free(&e);
+    free(yaml);
+}
+
+static void test_error_quoting(void **state) {
+    (void)state;
+    /* control characters are escaped and long values cut, so a message is one line */
+    char yaml[512];
+    char longkey[300];
+    memset(longkey, 'k', sizeof(longkey) - 1);
+    longkey[sizeof(longkey) - 1] = '\0';
+    snprintf(yaml, sizeof(yaml),
+             "listen: \"a\\tb\\\"c\"\npools: {a: {servers: [1.2.3.4:5]}}\n%s: 1\n", longkey);
+    struct sg_config_errors e;
+    assert_null(load(yaml, &e));
+    assert_int_equal(e.n, 2);
+    assert_string_equal(e.msgs[0], "t.yaml:1: listen: \"a\\x09b\\\"c\" is not host:port");
+    assert_non_null(strstr(e.msgs[1], "t.yaml:3: kkkk"));
+    assert_non_null(strstr(e.msgs[1], "...: unknown key"));
+    assert_true(strlen(e.msgs[1]) < 300);
+    sg_config_errors_free(&e);
+
+    /* values longer than the quote buffer, escapes landing on its end */
+    for (int len = 60; len < 90; len++) {
+        size_t o = (size_t)snprintf(yaml, sizeof(yaml), "listen: 80\npools: {a: {servers: [\"");
+        for (int i = 0; i < len; i++)
+            o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "%s", i % 7 < len % 7 ? "x" : "\\t");
+        snprintf(yaml + o, sizeof(yaml) - o, "\"]}}\n");
+        assert_null(load(yaml, &e));
+        assert_int_equal(e.n, 1);
+        assert_non_null(strstr(e.msgs[0], "...\" is not host:port"));
+        sg_config_errors_free(&e);
+    }
+}
+
+/* ---- routing ------------------------------------------------------------------ */
+
+static const char route_yaml[] = "listen: 80\n"
+                                 "pools:\n"
+                                 "  a: {servers: [1.0.0.1:80]}\n"
+                                 "  b: {servers: [1.0.0.2:80]}\n"
+                                 "  c: {servers: [1.0.0.3:80]}\n"
+                                 "  d: {servers: [1.0.0.4:80]}\n"
+                                 "  e: {servers: [1.0.0.5:80]}\n"
+                                 "  f: {servers: [1.0.0.6:80]}\n"
+                                 "routes:\n"
+                                 "  - match: {host: api.example.com, path_prefix: /v1, "
+                                 "methods: [GET, HEAD]}\n"
+                                 "    pool: a\n"
+                                 "  - match: {host: \"*.example.com\"}\n"
+                                 "    pool: b\n"
+                                 "  - match: {path_prefix: /static/}\n"
+                                 "    pool: c\n"
+                                 "  - match: {methods: [POST, PATCH]}\n"
+                                 "    pool: d\n"
+                                 "  - match: {host: \"[::1]\"}\n"
+                                 "    pool: f\n"
+                                 "  - match: {host: example.com, path_prefix: /}\n"
+                                 "    pool: e\n";
+
+struct route_case {
+    const char *host; /* NULL: request without Host */
+    const char *path;
+    int method;
+    const char *pool; /* NULL: no route */
+};
+
+static void test_route_matching(void **state) {
+    (void)state;
+    static const struct route_case cases[] = {
+        {"api.example.com", "/v1/users", SG_METHOD_GET, "a"},
+        {"API.Example.COM", "/v1", SG_METHOD_HEAD, "a"},
+        {"api.example.com:8080", "/v1/x", SG_METHOD_GET, "a"},
+        {"api.example.com.", "/v1/x", SG_METHOD_GET, "a"},
+        {"api.example.com", "/v1x", SG_METHOD_GET, "a"}, /* plain byte prefix */
+        {"api.example.com", "/v1/users", SG_METHOD_POST, "b"},
+        {"api.example.com", "/V1/users", SG_METHOD_GET, "b"}, /* paths are case-sensitive */
+        {"api.example.com", "/v", SG_METHOD_GET, "b"},
+        {"a.example.com", "/", SG_METHOD_GET, "b"},
+        {"a.b.example.com", "/", SG_METHOD_DELETE, "b"},
+        {"A.EXAMPLE.COM:443", "/", SG_METHOD_GET, "b"},
+        {"example.com", "/", SG_METHOD_GET, "e"}, /* "*.example.com" needs a subdomain */
+        {"example.com:80", "/x", SG_METHOD_OPTIONS, "e"},
+        {".example.com", "/", SG_METHOD_GET, NULL}, /* empty label: no host matches */
+        {"xexample.com", "/", SG_METHOD_GET, NULL},
+        {"example.org", "/static/a.css", SG_METHOD_GET, "c"},
+        {"example.org", "/static", SG_METHOD_GET, NULL},
+        {NULL, "/static/", SG_METHOD_GET, "c"},
+        {NULL, "/", SG_METHOD_GET, NULL},
+        {"other", "/", SG_METHOD_POST, "d"},
+        {"other", "/", SG_METHOD_PATCH, "d"},
+        {"other", "/", SG_METHOD_PUT, NULL},
+        {"other", "/", SG_METHOD_OTHER, NULL},
+        {"other", "/", -1, NULL},
+        {"other", "/", 40, NULL},
+        {"[::1]:8080", "/", SG_METHOD_GET, "f"},
+        {"[::1]", "/", SG_METHOD_GET, "f"},
+        {"[::2]:8080", "/", SG_METHOD_GET, NULL},
+        {"", "/", SG_METHOD_GET, NULL},
+        {":80", "/", SG_METHOD_GET, NULL},
+    };
+    struct sg_config *c = load_ok(route_yaml);
+    for (size_t i = 0; i < N(cases); i++) {
+        const struct route_case *k = &cases[i];
+        const struct sg_route *r = sg_config_route(c, k->host, k->host ? strlen(k->host) : 0,
+                                                   k->path, strlen(k->path), k->method);
+        const char *got = r ? r->pool->name : NULL;
+        if ((got == NULL) != (k->pool == NULL) || (got && strcmp(got, k->pool) != 0))
+            print_error("case %zu: host %s path %s method %d: want %s, got %s\n", i,
+                        k->host ? k->host : "(none)", k->path, k->method,
+                        k->pool ? k->pool : "none", got ? got : "none");
+        if (k->pool)
+            assert_non_null(r);
+        else
+            assert_null(r);
+        if (r)
+            assert_string_equal(r->pool->name, k->pool);
+    }
+    /* host and path are (pointer, length): no NUL terminator needed */
+    const char buf[] = "api.example.comXYZ/v1/zzz";
+    const struct sg_route *r = sg_config_route(c, buf, 15, buf + 18, 3, SG_METHOD_GET);
+    assert_non_null(r);
+    assert_string_equal(r->pool->name, "a");
+    sg_config_unref(c);
+
+    c = load_ok("listen: 80\npools: {a: {servers: [1.0.0.1:80]}}\n");
+    r = sg_config_route(c, NULL, 0, "", 0, SG_METHOD_OTHER);
+    assert_non_null(r); /* the default route takes everything */
+    sg_config_unref(c);
+}
+
+/* ---- reference counting ---------------------------------------------------------- */
+
+static void test_refcount(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok(full_example);
+    assert_int_equal(atomic_load(&c->refs), 1);
+    assert_ptr_equal(sg_config_ref(c), c);
+    assert_ptr_equal(sg_config_ref(c), c);
+    assert_int_equal(atomic_load(&c->refs), 3);
+    sg_config_unref(c);
+    sg_config_unref(c);
+    assert_int_equal(atomic_load(&c->refs), 1);
+    assert_string_equal(c->pools[0].name, "app"); /* still alive */
+    sg_config_unref(c);                           /* freed: ASan would catch a use */
+    sg_config_unref(NULL);
+}
+
+static void *ref_thread(void *arg) {
+    struct sg_config *c = arg;
+    for (int i = 0; i < 10000; i++) {
+        sg_config_ref(c);
+        sg_config_unref(c);
+    }
+    sg_config_unref(c); /* drops the reference it was given */
+    return NULL;
+}
+
+static void test_refcount_threads(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok(full_example);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, ref_thread, sg_config_ref(c)), 0);
+    sg_config_unref(c); /* the last thread to finish frees it */
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+}
+
+static void test_server_ids_stable(void **state) {
+    (void)state;
+    /* the same address gets the same id in a later snapshot (a reload) */
+    struct sg_config *a = load_ok("listen: 80\npools: {p: {servers: [10.9.9.1:1, 10.9.9.2:2]}}\n");
+    struct sg_config *b = load_ok("listen: 80\npools: {q: {servers: [10.9.9.3:3, 10.9.9.1:1]}}\n");
+    assert_int_equal(a->pools[0].servers[0].id, b->pools[0].servers[1].id);
+    assert_int_not_equal(b->pools[0].servers[0].id, a->pools[0].servers[1].id);
+    assert_true(a->pools[0].servers[1].id < sg_intern_count());
+    sg_config_unref(a);
+    sg_config_unref(b);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_example),      cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_variants),          cmocka_unit_test(test_demo_file),
+        cmocka_unit_test(test_load_file),         cmocka_unit_test(test_errors_one_by_one),
+        cmocka_unit_test(test_errors_collected),  cmocka_unit_test(test_errors_capped),
+        cmocka_unit_test(test_error_quoting),     cmocka_unit_test(test_route_matching),
+        cmocka_unit_test(test_refcount),          cmocka_unit_test(test_refcount_threads),
+        cmocka_unit_test(test_server_ids_stable),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
