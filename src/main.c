@@ -159,6 +159,7 @@ int main(int argc, char **argv) {
     uv_signal_start(&sig_hup, on_reload_signal, SIGHUP);
     uv_run(loop, UV_RUN_DEFAULT);
     sg_server_cleanup();
+    uv_run(loop, UV_RUN_DEFAULT); /* close callbacks */
     sg_config_unref(running);
     uv_loop_close(loop);
     sg_log_info("stopped");

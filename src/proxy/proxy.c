@@ -525,12 +525,19 @@ void sg__proxy_upstream_eof(struct sg_exchange *ex, int err) {
     sg_conn_close(ex->client);
 }
 
+bool sg_proxy_request_sent(const struct sg_conn *c) {
+    return c->ex && c->ex->req_done && c->ex->req_body != SG_BODY_TUNNEL;
+}
+
 void sg_proxy_client_written(struct sg_conn *c, int status) {
     struct sg_exchange *ex = c->ex;
     if (status < 0) {
         sg_conn_close(c);
         return;
     }
+    /* A client reading slowly is progress: the response timeout restarts. */
+    if (c->state == SG_CONN_PROXY)
+        c->deadline = now_ms(ex) + ex->pool->response_timeout_ms;
     if (ex->resp_done) {
         if (c->writes == 0)
             finish_client(ex);

@@ -26,6 +26,8 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
 
 /* New bytes arrived in c->rbuf while c is in SG_CONN_PROXY or SG_CONN_TUNNEL. */
 void sg_proxy_client_data(struct sg_conn *c);
+/* True when the whole request of c's exchange has been read from the client. */
+bool sg_proxy_request_sent(const struct sg_conn *c);
 /* A queued write to the client finished (status < 0: failed). */
 void sg_proxy_client_written(struct sg_conn *c, int status);
 /* c's deadline passed while in SG_CONN_PROXY or SG_CONN_TUNNEL. */

@@ -255,6 +255,8 @@ void sg_conn_request_done(struct sg_conn *c, bool keep_alive) {
     c->ex = NULL;
     if (c->closed)
         return;
+    if (c->peer_eof && !(c->rbuf && c->rbuf->start != c->rbuf->end))
+        keep_alive = false;
     if (!keep_alive || c->w->draining) {
         sg_conn_set_state(c, SG_CONN_CLOSING);
         if (c->rbuf)
@@ -266,13 +268,15 @@ void sg_conn_request_done(struct sg_conn *c, bool keep_alive) {
     c->scanned = 0;
     if (c->rbuf && c->rbuf->start != c->rbuf->end) {
         sg_conn_set_state(c, SG_CONN_HEAD);
-        sg_conn_read_start(c);
+        if (!c->peer_eof)
+            sg_conn_read_start(c);
         process_heads(c);
         return;
     }
     release_rbuf_if_empty(c);
     sg_conn_set_state(c, SG_CONN_IDLE);
-    sg_conn_read_start(c);
+    if (!c->peer_eof)
+        sg_conn_read_start(c);
 }
 
 /* Parses the head at the front of rbuf and starts its exchange. */
@@ -361,6 +365,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         return;
     }
     if (nread < 0) {
+        if (nread == UV_EOF && c->state == SG_CONN_PROXY && sg_proxy_request_sent(c)) {
+            /* Half-close after a complete request: answer it (and any
+             * pipelined ones already read), then close. */
+            c->peer_eof = 1;
+            sg_conn_read_stop(c);
+            return;
+        }
         /* EOF or error: a request in flight is abandoned (the backend
          * connection is closed too, see sg_proxy_abort). */
         really_close(c);

@@ -50,6 +50,7 @@ struct sg_conn {
     uint8_t reading;        /* uv_read_start is active */
     uint8_t closed;         /* uv_close was called */
     uint8_t linger;         /* CLOSING: shutdown sent, discarding input */
+    uint8_t peer_eof;       /* the client half-closed after its request(s) */
     uint16_t writes;        /* queued writes not yet completed */
     uint8_t ip_family;      /* AF_INET / AF_INET6 / 0 */
     uint8_t ip[16];
@@ -137,7 +138,8 @@ int sg_server_reload(struct sg_config *cfg);
  * the main loop. sg_server_force closes whatever remains. */
 void sg_server_stop(void);
 void sg_server_force(void);
-/* Joins the threads and frees everything (after all_done). */
+/* Joins the threads and frees everything (after all_done); the caller then
+ * runs its loop once more for the close callbacks. */
 void sg_server_cleanup(void);
 
 #endif

@@ -249,10 +249,12 @@ static void worker_main(void *arg) {
 
 static void on_worker_done(uv_async_t *a) {
     (void)a;
-    if (atomic_load(&proc.finished) == proc.nworkers) {
-        uv_close((uv_handle_t *)&proc.done_async, NULL);
-        if (proc.all_done)
-            proc.all_done();
+    /* The handle stays open until sg_server_cleanup has joined the threads:
+     * a worker may still be inside uv_async_send when the count is full. */
+    if (atomic_load(&proc.finished) == proc.nworkers && proc.all_done) {
+        void (*cb)(void) = proc.all_done;
+        proc.all_done = NULL;
+        cb();
     }
 }
 
@@ -299,6 +301,7 @@ int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done
         return -1;
     }
     uv_async_init(main_loop, &proc.done_async, on_worker_done);
+    uv_unref((uv_handle_t *)&proc.done_async);
     proc.cfg = sg_config_ref(cfg);
     for (unsigned k = 0; k < proc.nworkers; k++) {
         struct sg_worker *w = &proc.workers[k];
@@ -416,6 +419,7 @@ void sg_server_cleanup(void) {
     }
     free(proc.workers);
     proc.workers = NULL;
+    uv_close((uv_handle_t *)&proc.done_async, NULL);
     sg_config_unref(proc.cfg);
     proc.cfg = NULL;
 }
