@@ -97,6 +97,7 @@ struct sg_worker {
     int *cmd_fds;              /* reload: fd per cmd_cfg->listen entry, -1 = keep ours */
     bool cmd_stop;
     bool cmd_force;
+    bool exited; /* the worker's loop is gone: send no more commands */
 };
 
 /* Process-wide count of client connections (for limits.max_connections). */

@@ -146,6 +146,11 @@ void sg_worker_maybe_finish(struct sg_worker *w) {
     if (w->nupstreams > 0)
         return;
     w->finished = true;
+    /* From now on the main thread must not signal us: our async handle and
+     * loop are going away. */
+    uv_mutex_lock(&w->cmd_lock);
+    w->exited = true;
+    uv_mutex_unlock(&w->cmd_lock);
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_close((uv_handle_t *)&w->sweep, NULL);
 }
@@ -374,8 +379,9 @@ int sg_server_reload(struct sg_config *cfg) {
         }
         w->cmd_cfg = sg_config_ref(cfg);
         w->cmd_fds = mine;
+        if (!w->exited)
+            uv_async_send(&w->async);
         uv_mutex_unlock(&w->cmd_lock);
-        uv_async_send(&w->async);
     }
     free(fds);
     sg_config_unref(proc.cfg);
@@ -388,8 +394,9 @@ void sg_server_stop(void) {
         struct sg_worker *w = &proc.workers[k];
         uv_mutex_lock(&w->cmd_lock);
         w->cmd_stop = true;
+        if (!w->exited)
+            uv_async_send(&w->async);
         uv_mutex_unlock(&w->cmd_lock);
-        uv_async_send(&w->async);
     }
 }
 
@@ -399,8 +406,9 @@ void sg_server_force(void) {
         uv_mutex_lock(&w->cmd_lock);
         w->cmd_force = true;
         w->cmd_stop = true;
+        if (!w->exited)
+            uv_async_send(&w->async);
         uv_mutex_unlock(&w->cmd_lock);
-        uv_async_send(&w->async);
     }
 }
 
