@@ -1,0 +1,829 @@
+#!/usr/bin/python3
+"""scalegate's side-by-side benchmark (`make bench`); docs/benchmarks.md explains the method.
+
+Contenders, all on free 127.0.0.1 ports, configs generated from bench/*.tmpl into a temp dir:
+  direct     wrk straight to the demo backend: the ceiling
+  nginx      Debian's nginx, one worker, upstream keep-alive
+  haproxy    Debian's HAProxy, one thread, http-reuse always
+  scalegate  workers: 1
+
+Part 1, throughput: wrk (small and 16 KiB responses x 64 and 1,000 connections); every round
+runs every contender once per scenario, the order rotated each round; medians over rounds.
+Part 2, idle memory: fresh instance of each proxy, 10,000 keep-alive client connections that
+have each made one request; (RSS after - RSS before) / connections.
+
+Python 3 standard library only. Run as:
+  /usr/bin/python3 bench/bench.py --scalegate build/release/scalegate \
+      --backend build/release/demo-backend [--only haproxy,scalegate] [--duration 6]
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALL = ["direct", "nginx", "haproxy", "scalegate"]
+PROXIES = ["nginx", "haproxy", "scalegate"]
+NGINX = "/usr/sbin/nginx"
+HAPROXY = "/usr/sbin/haproxy"
+# (name, path, body bytes): the path selects the backend in every proxy's routes.
+SIZES = {"small": ("/", None), "16k": ("/16k", 16384)}
+SIZE_LABEL = {"small": "small", "16k": "16 KiB"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def pin(cpus):
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process (all its threads), in seconds; None once it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_rss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def proc_children(pid):
+    out = []
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    todo, seen = [pid], []
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo += proc_children(p)
+    return seen
+
+
+def foreign_load(procs, seconds=0.5):
+    """Cores used over `seconds` by processes other than procs (and softirq)."""
+    cpu0 = [p.cpu() for p in procs]
+    busy0, _ = machine_busy()
+    time.sleep(seconds)
+    busy1, _ = machine_busy()
+    ours = sum(p.cpu() for p in procs) - sum(cpu0)
+    return max(0.0, ((busy1 - busy0) / CLK_TCK - ours) / seconds)
+
+
+class Quiet:
+    """Before each run, waits (within a budget) for other work on the machine to stop."""
+
+    def __init__(self, per_run, total, limit):
+        self.per_run, self.left, self.limit = per_run, total, limit
+
+    def wait(self, procs):
+        t0 = time.time()
+        while True:
+            load = foreign_load(procs)
+            waited = time.time() - t0
+            if load <= self.limit:
+                break
+            if waited >= self.per_run or waited >= self.left:
+                log("other processes use %.2f cores; measuring anyway" % load)
+                break
+            time.sleep(1.0)
+        self.left -= time.time() - t0
+
+
+def machine_busy():
+    """(user+nice+system) and softirq jiffies over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return v[0] + v[1] + v[2], v[6]
+
+
+class Proc:
+    """A child we started; stop() ends it (SIGTERM, then SIGKILL) and only it."""
+
+    def __init__(self, name, argv, tmpdir, cpus=None):
+        self.name = name
+        self.errpath = os.path.join(tmpdir, name + ".stderr")
+        self.outpath = os.path.join(tmpdir, name + ".stdout")
+        self.err = open(self.errpath, "w")
+        self.out = open(self.outpath, "w")
+        self.p = subprocess.Popen(pin(cpus) + argv, stdout=self.out, stderr=self.err,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stderr_tail(self, n=6):
+        try:
+            with open(self.errpath) as f:
+                lines = [x.rstrip() for x in f if x.strip()]
+            return " | ".join(lines[-n:])
+        except OSError:
+            return ""
+
+    def stdout_text(self):
+        try:
+            with open(self.outpath) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def cpu(self):
+        return sum(proc_cpu_seconds(p) or 0.0 for p in tree(self.pid))
+
+    def rss_kib(self):
+        return sum(proc_rss_kib(p) for p in tree(self.pid))
+
+    def stop(self):
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.err.close()
+        self.out.close()
+
+
+def http_get(port, path="/", timeout=1.0):
+    """One GET on a fresh connection; returns the status code (or raises)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Connection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    if not m:
+        raise OSError("no HTTP response")
+    return int(m.group(1)), data
+
+
+def wait_ready(proc, port, path="/", timeout=10.0):
+    """Waits until GET path answers 200; returns None or a reason for the failure."""
+    deadline = time.time() + timeout
+    last = "no answer"
+    while time.time() < deadline:
+        if not proc.alive():
+            return "exited with status %s: %s" % (proc.p.returncode, proc.stderr_tail())
+        try:
+            code, _ = http_get(port, path)
+            if code == 200:
+                return None
+            last = "answered %d" % code
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    return "not ready after %.0fs (%s): %s" % (timeout, last, proc.stderr_tail())
+
+
+# ---------------------------------------------------------------- contenders
+
+
+def render(tmpl, dest, **kv):
+    with open(os.path.join(HERE, tmpl)) as f:
+        text = string.Template(f.read()).substitute(**kv)
+    with open(dest, "w") as f:
+        f.write(text)
+    return dest
+
+
+NGINX_FWD = """        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Request-ID $request_id;"""
+HAPROXY_FWD = """    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    unique-id-format %[rand,hex]%[rand,hex]%[rand,hex]%[rand,hex]
+    unique-id-header X-Request-ID"""
+
+
+def start_contender(name, args, backends, tmpdir, tag):
+    """Starts one contender. Returns (Proc or None, port, error or None)."""
+    if name == "direct":
+        return None, None, None
+    port = free_port()
+    kv = dict(port=port, small_port=backends["small"][1], big_port=backends["16k"][1],
+              dir=tmpdir, max_conns=args.max_conns, nofile=args.nofile,
+              nginx_conns=args.nofile - 100,
+              up_keepalive=args.upstream_keepalive)
+    if name == "nginx":
+        conf = render("nginx.conf.tmpl", os.path.join(tmpdir, "nginx-%s.conf" % tag),
+                      nginx_fwd=NGINX_FWD if args.forward_headers else "", **kv)
+        for d in ("nginx-body", "nginx-proxy", "nginx-fastcgi", "nginx-uwsgi", "nginx-scgi"):
+            os.makedirs(os.path.join(tmpdir, d), exist_ok=True)
+        argv = [args.nginx, "-p", tmpdir, "-e", os.path.join(tmpdir, "nginx-error.log"),
+                "-c", conf]
+    elif name == "haproxy":
+        conf = render("haproxy.cfg.tmpl", os.path.join(tmpdir, "haproxy-%s.cfg" % tag),
+                      haproxy_fwd=HAPROXY_FWD if args.forward_headers else "", **kv)
+        argv = [args.haproxy, "-db", "-f", conf]
+    elif name == "scalegate":
+        if not args.scalegate or not os.access(args.scalegate, os.X_OK):
+            return None, None, "binary not found: %s" % args.scalegate
+        conf = render("scalegate.yaml.tmpl", os.path.join(tmpdir, "scalegate-%s.yaml" % tag),
+                      **kv)
+        argv = [args.scalegate, "-c", conf]
+    else:
+        return None, None, "unknown contender"
+    if not os.access(argv[0], os.X_OK):
+        return None, None, "binary not found: %s" % argv[0]
+    proc = Proc("%s-%s" % (name, tag), argv, tmpdir, args.proxy_cpus)
+    err = wait_ready(proc, port, "/") or wait_ready(proc, port, "/16k")
+    if err:
+        proc.stop()
+        return None, None, err
+    return proc, port, None
+
+
+def start_backends(args, tmpdir):
+    """The two demo backends (default body; --size 16384). Returns {size: (Proc, port)}."""
+    out = {}
+    for size, (_, nbytes) in SIZES.items():
+        argv = [args.backend, "--port", "0", "--name", "bench-" + size]
+        if nbytes:
+            argv += ["--size", str(nbytes)]
+        proc = Proc("backend-" + size, argv, tmpdir, args.backend_cpus)
+        port = None
+        deadline = time.time() + 5
+        while time.time() < deadline and port is None and proc.alive():
+            m = re.search(r"listening on [\d.]+:(\d+)", proc.stdout_text())
+            if m:
+                port = int(m.group(1))
+            else:
+                time.sleep(0.05)
+        if port is None:
+            for p, _ in out.values():
+                p.stop()
+            proc.stop()
+            sys.exit("bench: demo backend %s did not start: %s" % (args.backend,
+                                                                   proc.stderr_tail()))
+        out[size] = (proc, port)
+    return out
+
+
+# ---------------------------------------------------------------- wrk
+
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_latency(text, pct):
+    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s|m)\s*$" % pct, text, re.M)
+    return float(m.group(1)) * UNIT[m.group(2)] if m else None
+
+
+def run_wrk(args, port, path, conns, duration, procs):
+    """One wrk run. Returns a dict of rps, p50/p99 (ms), errors, bytes/request, CPU figures."""
+    cmd = pin(args.wrk_cpus) + ["wrk", "-t%d" % args.wrk_threads, "-c%d" % conns,
+                                "-d%ds" % duration, "--latency",
+                                "http://127.0.0.1:%d%s" % (port, path)]
+    cpu0 = [p.cpu() for p in procs]
+    busy0, sirq0 = machine_busy()
+    ch0 = os.times()
+    t0 = time.time()
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=duration + 60)
+    wall = time.time() - t0
+    ch1 = os.times()
+    busy1, sirq1 = machine_busy()
+    cpu1 = [p.cpu() for p in procs]
+    out = r.stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if r.returncode != 0 or not m:
+        raise RuntimeError("wrk failed: " + " | ".join(out.strip().splitlines()[-3:]))
+    res = {"rps": float(m.group(1)), "p50": parse_latency(out, 50),
+           "p99": parse_latency(out, 99)}
+    m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", out)
+    total = int(m.group(1)) if m else 0
+    if m and total:
+        mult = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(3)]
+        res["bytes_per_req"] = float(m.group(2)) * mult / total
+    errs = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    detail = []
+    if m:
+        errs += sum(int(x) for x in m.groups())
+        detail.append(m.group(0))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errs += int(m.group(1))
+        detail.append(m.group(0))
+    if detail:
+        res["error_detail"] = "; ".join(detail)
+    res["errors"] = errs
+    res["requests"] = total
+    ours = sum(b - a for a, b in zip(cpu0, cpu1) if a is not None and b is not None)
+    wrk_cpu = (ch1.children_user - ch0.children_user) + (ch1.children_system -
+                                                          ch0.children_system)
+    res["wrk_cpu"] = wrk_cpu / wall
+    if procs and total:
+        # procs[0] is the contender under test (the backend for direct)
+        res["cpu_us_per_req"] = 1e6 * (cpu1[0] - cpu0[0]) / total
+    # CPU used by processes that are not ours (other work on the machine), in cores.
+    res["foreign"] = max(0.0, ((busy1 - busy0) / CLK_TCK - ours - wrk_cpu) / wall)
+    res["softirq"] = (sirq1 - sirq0) / CLK_TCK / wall
+    return res
+
+
+# ---------------------------------------------------------------- idle memory
+
+
+def open_idle(port, n, batch, timeout=30.0):
+    """Opens n connections, sends one GET on each and reads the whole response, in batches.
+    Returns the open sockets (the caller closes them); raises on failure."""
+    req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench-idle\r\n\r\n"
+    socks = []
+    sel = selectors.DefaultSelector()
+    try:
+        for start in range(0, n, batch):
+            pending = {}
+            for _ in range(min(batch, n - start)):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                socks.append(s)
+                s.connect_ex(("127.0.0.1", port))
+                pending[s] = [False, b""]
+                sel.register(s, selectors.EVENT_WRITE)
+            deadline = time.time() + timeout
+            while pending:
+                if time.time() > deadline:
+                    raise RuntimeError("%d of %d connections got no response within %.0fs "
+                                       "(opened so far: %d)" % (len(pending), n, timeout,
+                                                                len(socks) - len(pending)))
+                for key, _ in sel.select(1.0):
+                    s = key.fileobj
+                    st = pending[s]
+                    if not st[0]:
+                        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            raise RuntimeError("connect: " + os.strerror(err))
+                        s.send(req)
+                        st[0] = True
+                        sel.modify(s, selectors.EVENT_READ)
+                        continue
+                    data = s.recv(65536)
+                    if not data:
+                        raise RuntimeError("connection closed by the proxy before a response")
+                    st[1] += data
+                    if response_complete(st[1]):
+                        sel.unregister(s)
+                        del pending[s]
+    except BaseException:
+        sel.close()
+        for s in socks:
+            s.close()
+        raise
+    sel.close()
+    return socks
+
+
+def response_complete(buf):
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = buf[:end].decode("latin-1")
+    if not head.startswith("HTTP/1.1 200"):
+        raise RuntimeError("unexpected response: " + head.splitlines()[0])
+    m = re.search(r"^content-length:\s*(\d+)\s*$", head, re.M | re.I)
+    if not m:
+        raise RuntimeError("response without Content-Length")
+    return len(buf) - end - 4 >= int(m.group(1))
+
+
+def memory_test(args, name, backends, tmpdir, tag):
+    proc, port, err = start_contender(name, args, backends, tmpdir, tag)
+    if err:
+        return {"error": "failed to start: " + err}
+    try:
+        # Warm-up: a few requests on short-lived connections, so lazily made pools exist.
+        for _ in range(20):
+            http_get(port, "/")
+        time.sleep(1.0)
+        before = proc.rss_kib()
+        t0 = time.time()
+        socks = open_idle(port, args.idle_conns, args.idle_batch)
+        took = time.time() - t0
+        time.sleep(2.0)
+        if not proc.alive():
+            raise RuntimeError("exited: " + proc.stderr_tail())
+        after = proc.rss_kib()
+        # Still open? A proxy that dropped idle clients would look cheap.
+        sample = socks[:: max(1, len(socks) // 200)]
+        dropped = 0
+        for s in sample:
+            try:
+                if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    dropped += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                dropped += 1
+        for s in socks:
+            s.close()
+        res = {"before_kib": before, "after_kib": after, "conns": len(socks),
+               "per_conn_kib": (after - before) / len(socks), "open_seconds": took}
+        if dropped:
+            res["error"] = "%d of %d sampled idle connections were closed by the proxy" % (
+                dropped, len(sample))
+        return res
+    except (RuntimeError, OSError) as e:
+        return {"error": str(e)}
+    finally:
+        proc.stop()
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_ms(v):
+    if v is None:
+        return "-"
+    return "%.2f ms" % v if v < 10 else "%.1f ms" % v
+
+
+def fmt_ratio(a, b):
+    return "%.2f" % (a / b) if a and b else "-"
+
+
+def fmt_r(v):
+    return "%.2f" % v if v else "-"
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(runs):
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return None
+    rps = [r["rps"] for r in ok]
+    med = statistics.median(rps)
+    return {"rps": med, "p50": median([r["p50"] for r in ok]),
+            "p99": median([r["p99"] for r in ok]),
+            "spread": (max(rps) - min(rps)) / med if med else 0.0,
+            "cpu_us": median([r.get("cpu_us_per_req") for r in ok]),
+            "foreign": max(r["foreign"] for r in ok),
+            "errors": sum(r["errors"] for r in ok), "n": len(ok),
+            "error_detail": [r["error_detail"] for r in ok if r.get("error_detail")]}
+
+
+def paired_ratio(runs, ref_runs):
+    """Median over rounds of rps / the reference's rps in the same round. Contenders of one
+    round run back to back, so a slow spell of the machine cancels out of the ratio."""
+    if not ref_runs:
+        return None
+    ratios = [a["rps"] / b["rps"] for a, b in zip(runs, ref_runs)
+              if "error" not in a and "error" not in b and b["rps"]]
+    return statistics.median(ratios) if ratios else None
+
+
+def report(args, scenarios, results, failures, memory, meta):
+    lines = []
+    add = lines.append
+    if args.no_throughput:
+        scenarios = []
+    add("## Throughput (medians of %d rounds, %d s each, wrk -t%d)" % (
+        args.repeats, args.duration, args.wrk_threads))
+    add("")
+    add("| scenario | contender | req/s | p50 | p99 | x ceiling | x HAProxy | "
+        "CPU us/req | spread |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    notes = []
+    for sc in scenarios:
+        label = "%s, %d conns" % (SIZE_LABEL[sc[0]], sc[1])
+        sums = {c: summarize(results.get((c, sc), [])) for c in args.only}
+        ceil_runs = results.get(("direct", sc))
+        hap_runs = results.get(("haproxy", sc))
+        for c in args.only:
+            s = sums[c]
+            if s is None:
+                why = failures.get(c) or next((r["error"] for r in results.get((c, sc), [])
+                                               if "error" in r), "not run")
+                add("| %s | %s | failed | | | | | | |" % (label, c))
+                notes.append("%s, %s: %s" % (c, label, why))
+                continue
+            mark = ""
+            if s["errors"]:
+                mark += " (%d errors)" % s["errors"]
+                notes.append("%s, %s: %s (summed over the rounds)" % (
+                    c, label, "; ".join(s["error_detail"])))
+            if s["foreign"] > args.foreign_limit:
+                mark += " *"
+            add("| %s | %s | %.0f%s | %s | %s | %s | %s | %s | %.0f%% |" % (
+                label, c, s["rps"], mark, fmt_ms(s["p50"]), fmt_ms(s["p99"]),
+                fmt_r(paired_ratio(results[(c, sc)], ceil_runs)),
+                fmt_r(paired_ratio(results[(c, sc)], hap_runs)),
+                "%.1f" % s["cpu_us"] if s["cpu_us"] else "-", 100 * s["spread"]))
+    add("")
+    add("req/s, p50, p99: medians over the rounds. x ceiling, x HAProxy: median over the rounds "
+        "of req/s divided by direct's (HAProxy's) req/s in the same round. CPU us/req: CPU time "
+        "of the contender's process (the backend's for direct) per request. spread: (max - min) "
+        "/ median req/s over the rounds.")
+    if not scenarios:
+        lines[:] = []
+    elif any("*" in m for m in lines if m.startswith("|")):
+        add("* other processes used more than %.0f%% of a core during at least one round: "
+            "numbers less trustworthy." % (100 * args.foreign_limit))
+    if memory:
+        add("")
+        add("## Idle keep-alive connections (%d clients, one request each)" % args.idle_conns)
+        add("")
+        add("| contender | RSS before | RSS after | per connection | x nginx |")
+        add("| --- | ---: | ---: | ---: | ---: |")
+        ng = memory.get("nginx", {}).get("per_conn_kib")
+        for c, m in memory.items():
+            if "per_conn_kib" not in m:
+                add("| %s | failed | | | |" % c)
+                notes.append("%s, idle memory: %s" % (c, m.get("error")))
+                continue
+            flag = " (!)" if "error" in m else ""
+            if flag:
+                notes.append("%s, idle memory: %s" % (c, m["error"]))
+            add("| %s | %.1f MiB | %.1f MiB | %.2f KiB%s | %s |" % (
+                c, m["before_kib"] / 1024, m["after_kib"] / 1024, m["per_conn_kib"], flag,
+                fmt_ratio(m["per_conn_kib"], ng)))
+    if notes:
+        add("")
+        add("Problems:")
+        for n in notes:
+            add("- " + n)
+    add("")
+    add("Run: %s" % meta)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def version_of(argv):
+    try:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=5)
+        return r.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
+def raise_nofile(want):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(want, soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, target), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        log("RLIMIT_NOFILE is %d (hard limit %d; %d wanted): enough for %d idle clients, "
+            "not more" % (soft, hard, want, soft // 2 - 100))
+    return soft
+
+
+def default_cpus():
+    n = len(os.sched_getaffinity(0))
+    cpus = sorted(os.sched_getaffinity(0))
+    if n < 2:
+        return None, None
+    return str(cpus[0]), str(cpus[1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scalegate", default="build/release/scalegate")
+    ap.add_argument("--backend", default="build/release/demo-backend")
+    ap.add_argument("--nginx", default=NGINX)
+    ap.add_argument("--haproxy", default=HAPROXY)
+    ap.add_argument("--only", default=",".join(ALL),
+                    help="contenders, comma-separated (default: %(default)s)")
+    ap.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each run")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
+    ap.add_argument("--connections", default="64,1000")
+    ap.add_argument("--sizes", default="small,16k")
+    ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument("--pin", default="auto",
+                    help="WRK:PROXY[:BACKEND] CPU lists for taskset; auto = first CPU for wrk, "
+                         "second for the proxy and the backends; none = no pinning")
+    ap.add_argument("--idle-conns", type=int, default=10000)
+    ap.add_argument("--idle-batch", type=int, default=100,
+                    help="connections opened and answered at a time in the memory test")
+    ap.add_argument("--no-memory", action="store_true", help="skip the idle-memory test")
+    ap.add_argument("--no-throughput", action="store_true", help="only the idle-memory test")
+    ap.add_argument("--upstream-keepalive", type=int, default=1024,
+                    help="idle upstream connections nginx and scalegate may keep per server")
+    ap.add_argument("--forward-headers", action="store_true",
+                    help="make nginx and HAProxy add X-Forwarded-For/-Proto and X-Request-ID "
+                         "as scalegate does (default: they add nothing)")
+    ap.add_argument("--foreign-limit", type=float, default=0.10,
+                    help="flag rounds where other processes used more than this many cores")
+    ap.add_argument("--quiet-wait", type=float, default=20,
+                    help="seconds to wait before a run for other load to stop (0: never)")
+    ap.add_argument("--nice", type=int, default=-20,
+                    help="niceness for wrk, proxies and backends, so that other work on a "
+                         "shared machine disturbs less (0: leave it)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir of configs and logs")
+    ap.add_argument("--out", default="build/bench/results.md")
+    args = ap.parse_args()
+
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    bad = [c for c in args.only if c not in ALL]
+    if bad:
+        ap.error("unknown contender(s) %s; known: %s" % (",".join(bad), ",".join(ALL)))
+    args.only = [c for c in ALL if c in args.only]
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if any(s not in SIZES for s in sizes):
+        ap.error("--sizes: small and/or 16k")
+    conns = [int(c) for c in args.connections.split(",") if c.strip()]
+    scenarios = [(s, c) for s in sizes for c in conns]
+    if args.pin == "auto":
+        args.wrk_cpus, args.proxy_cpus = default_cpus()
+        args.backend_cpus = args.proxy_cpus
+    elif args.pin == "none":
+        args.wrk_cpus = args.proxy_cpus = args.backend_cpus = None
+    else:
+        parts = [x or None for x in args.pin.split(":")]
+        if len(parts) == 2:
+            parts.append(parts[1])
+        if len(parts) != 3:
+            ap.error("--pin: WRK:PROXY[:BACKEND] CPU lists, auto or none")
+        args.wrk_cpus, args.proxy_cpus, args.backend_cpus = parts
+    if not os.access(args.backend, os.X_OK):
+        sys.exit("bench: demo backend not found: %s (make all)" % args.backend)
+
+    if args.nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # children inherit it
+        except OSError as e:
+            log("cannot renice to %d (%s): other work on the machine will disturb more" % (
+                args.nice, e.strerror))
+    nofile = raise_nofile(30000)
+    args.nofile = nofile
+    args.max_conns = min(max(args.idle_conns + 1000, 2000), nofile - 200)
+    if args.idle_conns > nofile - 300:
+        args.idle_conns = nofile - 300
+        log("idle-memory test lowered to %d connections (file descriptor limit)" %
+            args.idle_conns)
+
+    runs = len(scenarios) * len(args.only) * args.repeats
+    est = 0 if args.no_throughput else runs * (args.duration + args.warmup + 1)
+    log("%d contenders x %d scenarios x %d rounds = %d runs, about %d min%s; %s" % (
+            len(args.only), len(scenarios), args.repeats, runs, (est + 59) // 60 + (
+                0 if args.no_memory else 1), "" if args.no_memory else " with the memory test",
+            placement(args)))
+
+    quiet = Quiet(args.quiet_wait, 3 * args.quiet_wait + 60, args.foreign_limit)
+    tmpdir = tempfile.mkdtemp(prefix="scalegate-bench-")
+    backends = start_backends(args, tmpdir)
+    contenders, failures = {}, {}
+    results, memory = {}, {}
+    try:
+        if not args.no_throughput:
+            for c in args.only:
+                proc, port, err = start_contender(c, args, backends, tmpdir, "tp")
+                if err:
+                    failures[c] = "failed to start: " + err
+                    log("%s %s" % (c, failures[c]))
+                else:
+                    contenders[c] = (proc, port)
+            live = [c for c in args.only if c in contenders]
+            for rnd in range(args.repeats):
+                order = live[rnd % len(live):] + live[:rnd % len(live)] if live else []
+                for sc in scenarios:
+                    size, nconn = sc
+                    for c in order:
+                        proc, port = contenders[c]
+                        bproc, bport = backends[size]
+                        if proc is not None and not proc.alive():
+                            results.setdefault((c, sc), []).append(
+                                {"error": "process died: " + proc.stderr_tail()})
+                            continue
+                        target = bport if c == "direct" else port
+                        path = SIZES[size][0]
+                        watched = ([proc] if proc else []) + [bproc]
+                        quiet.wait(([proc] if proc else []) + [p for p, _ in backends.values()])
+                        try:
+                            if args.warmup:
+                                run_wrk(args, target, path, nconn, args.warmup, watched)
+                            r = run_wrk(args, target, path, nconn, args.duration, watched)
+                            want = SIZES[size][1] or 1
+                            if r.get("bytes_per_req", want) < want:
+                                r["error"] = "responses too short (%.0f bytes each)" % (
+                                    r["bytes_per_req"])
+                        except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                            r = {"error": str(e)}
+                        results.setdefault((c, sc), []).append(r)
+                        log("round %d/%d %-7s %4d conns %-9s %s" % (
+                            rnd + 1, args.repeats, size, nconn, c,
+                            r.get("error") or "%8.0f req/s  p50 %s  p99 %s  %s us/req%s" % (
+                                r["rps"], fmt_ms(r["p50"]), fmt_ms(r["p99"]),
+                                "%.1f" % r["cpu_us_per_req"] if "cpu_us_per_req" in r
+                                else "-", "  (other load %.2f cores)" % r["foreign"]
+                                if r["foreign"] > args.foreign_limit else "")))
+            for c, (proc, _) in contenders.items():
+                if proc:
+                    proc.stop()
+            contenders = {}
+        if not args.no_memory:
+            for c in [c for c in args.only if c in PROXIES]:
+                log("idle memory: %s, %d connections" % (c, args.idle_conns))
+                memory[c] = memory_test(args, c, backends, tmpdir, "mem")
+                log("idle memory: %s: %s" % (c, memory[c].get("error") or
+                                               "%.2f KiB per connection" %
+                                               memory[c]["per_conn_kib"]))
+    finally:
+        for c, (proc, _) in contenders.items():
+            if proc:
+                proc.stop()
+        for proc, _ in backends.values():
+            proc.stop()
+
+    meta = "%s; %d CPUs (%s); %s; %s; %s; %s" % (
+        time.strftime("%Y-%m-%d %H:%M"), os.cpu_count(), cpu_model(), placement(args),
+        version_of([args.nginx, "-v"]),
+        version_of([args.haproxy, "-v"]), version_of(["wrk", "-v"]))
+    text = report(args, scenarios, results, failures, memory, meta)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    raw = {"args": {k: v for k, v in vars(args).items()},
+           "results": {"%s %s %d" % (c, s, n): v for (c, (s, n)), v in results.items()},
+           "failures": failures, "memory": memory}
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(raw, f, indent=1)
+    troubles = failures or any("error" in r for rs in results.values() for r in rs) or any(
+        "error" in m for m in memory.values())
+    if troubles or args.keep:
+        log("wrote %s (and .json); configs and logs kept in %s" % (args.out, tmpdir))
+    else:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        log("wrote %s (and .json)" % args.out)
+
+
+def placement(args):
+    return "wrk on CPU %s, proxy on CPU %s, backends on CPU %s" % (
+        args.wrk_cpus or "any", args.proxy_cpus or "any", args.backend_cpus or "any")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+if __name__ == "__main__":
+    main()
