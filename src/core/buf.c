@@ -7,12 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A thread keeps at most this many free buffers (4 MiB); beyond, they go
- * back to malloc. */
-#define FREE_MAX 256
+/* Per class: capacity and how many free buffers a thread keeps (beyond,
+ * they go back to malloc). */
+static const uint32_t class_cap[3] = {SG_BUF_SMALL, SG_BUF_SIZE, SG_BUF_BIG};
+static const unsigned class_keep[3] = {256, 256, 32};
 
-static __thread struct sg_buf *free_list;
-static __thread unsigned free_count;
+static __thread struct sg_buf *free_list[3];
+static __thread unsigned free_count[3];
 
 static void oom(void) {
     fputs("scalegate: out of memory\n", stderr);
@@ -40,49 +41,57 @@ char *sg_xstrdup(const char *s) {
     return p;
 }
 
-struct sg_buf *sg_buf_get(void) {
-    struct sg_buf *b = free_list;
-    if (b) {
-        free_list = b->next;
-        free_count--;
+static int class_of(size_t cap) {
+    for (int i = 0; i < 3; i++)
+        if (cap <= class_cap[i])
+            return i;
+    return -1;
+}
+
+struct sg_buf *sg_buf_get_size(size_t cap) {
+    int k = class_of(cap);
+    struct sg_buf *b;
+    if (k < 0) {
+        b = sg_xmalloc(sizeof(*b) + cap);
+        b->cap = (uint32_t)cap;
+    } else if ((b = free_list[k]) != NULL) {
+        free_list[k] = b->next;
+        free_count[k]--;
     } else {
-        b = sg_xmalloc(sizeof(*b) + SG_BUF_SIZE);
-        b->cap = SG_BUF_SIZE;
+        b = sg_xmalloc(sizeof(*b) + class_cap[k]);
+        b->cap = class_cap[k];
     }
     b->next = NULL;
     b->start = b->end = 0;
     return b;
 }
 
-struct sg_buf *sg_buf_get_size(size_t cap) {
-    if (cap <= SG_BUF_SIZE)
-        return sg_buf_get();
-    struct sg_buf *b = sg_xmalloc(sizeof(*b) + cap);
-    b->next = NULL;
-    b->cap = (uint32_t)cap;
-    b->start = b->end = 0;
-    return b;
+struct sg_buf *sg_buf_get(void) {
+    return sg_buf_get_size(SG_BUF_SIZE);
 }
 
 void sg_buf_put(struct sg_buf *b) {
     if (!b)
         return;
-    if (b->cap != SG_BUF_SIZE || free_count >= FREE_MAX) {
+    int k = class_of(b->cap);
+    if (k < 0 || b->cap != class_cap[k] || free_count[k] >= class_keep[k]) {
         free(b);
         return;
     }
-    b->next = free_list;
-    free_list = b;
-    free_count++;
+    b->next = free_list[k];
+    free_list[k] = b;
+    free_count[k]++;
 }
 
 void sg_buf_thread_cleanup(void) {
-    while (free_list) {
-        struct sg_buf *b = free_list;
-        free_list = b->next;
-        free(b);
+    for (int k = 0; k < 3; k++) {
+        while (free_list[k]) {
+            struct sg_buf *b = free_list[k];
+            free_list[k] = b->next;
+            free(b);
+        }
+        free_count[k] = 0;
     }
-    free_count = 0;
 }
 
 void sg_buf_compact(struct sg_buf *b) {

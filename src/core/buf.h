@@ -1,9 +1,11 @@
 /*
  * I/O buffers. A buffer is attached to a connection only while it holds
  * pending bytes and goes back to a per-thread free list when it empties, so
- * an idle keep-alive connection holds none. Standard buffers are
- * SG_BUF_SIZE bytes; larger ones (big request heads) come from malloc and
- * go back to it.
+ * an idle keep-alive connection holds none. There are three size classes,
+ * each with its own free list: SG_BUF_SMALL (rewritten heads), SG_BUF_SIZE
+ * (client reads) and SG_BUF_BIG (backend reads: a 16 KiB response and its
+ * head fit in one read and one write). Larger ones come from malloc and go
+ * back to it.
  *
  * Ownership: whoever holds the pointer owns the buffer and must put it back
  * with sg_buf_put, on the thread that is running (free lists are per thread).
@@ -14,7 +16,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SG_BUF_SIZE (16384 - 32)
+#define SG_BUF_SMALL (4096 - 32)
+#define SG_BUF_SIZE  (16384 - 32)
+#define SG_BUF_BIG   (65536 - 32)
 
 struct sg_buf {
     struct sg_buf *next; /* free-list link */
@@ -29,7 +33,7 @@ struct sg_buf {
  * on out of memory, like the rest of the daemon). */
 struct sg_buf *sg_buf_get(void);
 
-/* A buffer of at least cap bytes (a standard one when cap <= SG_BUF_SIZE). */
+/* A buffer of at least cap bytes, from the smallest class that fits. */
 struct sg_buf *sg_buf_get_size(size_t cap);
 
 /* Gives b back; NULL is ignored. */

@@ -37,7 +37,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out) {
     struct sg_upstream *up = h->data;
     (void)hint;
     if (!up->rbuf)
-        up->rbuf = sg_buf_get();
+        up->rbuf = sg_buf_get_size(SG_BUF_BIG);
     struct sg_buf *b = up->rbuf;
     if (b->end == b->cap && b->start > 0)
         sg_buf_compact(b);

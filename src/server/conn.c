@@ -77,10 +77,21 @@ void sg_conn_read_stop(struct sg_conn *c) {
 }
 
 size_t sg_conn_ip(const struct sg_conn *c, char *out) {
-    if (c->ip_family == AF_INET6) {
+    if (c->ip_family == AF_INET) {
+        /* By hand: inet_ntop goes through sprintf, on every request. */
+        char *p = out;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = c->ip[i];
+            if (v >= 100)
+                *p++ = (char)('0' + v / 100);
+            if (v >= 10)
+                *p++ = (char)('0' + v / 10 % 10);
+            *p++ = (char)('0' + v % 10);
+            *p++ = i < 3 ? '.' : '\0';
+        }
+        return (size_t)(p - out - 1);
+    } else if (c->ip_family == AF_INET6) {
         inet_ntop(AF_INET6, c->ip, out, 46);
-    } else if (c->ip_family == AF_INET) {
-        inet_ntop(AF_INET, c->ip, out, 46);
     } else {
         strcpy(out, "unknown");
     }
@@ -227,7 +238,7 @@ void sg_conn_error(struct sg_conn *c, int status) {
     if (c->ex)
         sg_proxy_abort(c);
     const char *reason = sg_http_reason(status);
-    struct sg_buf *b = sg_buf_get();
+    struct sg_buf *b = sg_buf_get_size(512);
     int body = snprintf(NULL, 0, "%d %s\n", status, reason);
     int n = snprintf(b->data, b->cap,
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
