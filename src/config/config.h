@@ -48,7 +48,7 @@ struct sg_route {
                           "*.example.com" matches any subdomain */
     char *path_prefix; /* NULL = any */
     size_t path_prefix_len;
-    uint32_t methods;  /* bit (1u << enum sg_http_method); 0 = any */
+    uint32_t methods; /* bit (1u << enum sg_http_method); 0 = any */
     struct sg_pool *pool;
 };
 
@@ -68,11 +68,11 @@ struct sg_config {
     char *path;
     struct sg_listen *listen; /* nlisten >= 1 */
     size_t nlisten;
-    uint32_t workers;         /* resolved: "auto" -> number of cores */
+    uint32_t workers; /* resolved: "auto" -> number of cores */
     struct sg_limits limits;
     struct sg_pool *pools;
     size_t npools;
-    struct sg_route *routes;  /* tried in order; first match wins */
+    struct sg_route *routes; /* tried in order; first match wins */
     size_t nroutes;
 };
 
@@ -99,8 +99,7 @@ struct sg_config *sg_config_ref(struct sg_config *c);
 void sg_config_unref(struct sg_config *c); /* frees at zero; NULL is ignored */
 
 /* First route matching host (may be NULL), path and method; NULL if none. */
-const struct sg_route *sg_config_route(const struct sg_config *c, const char *host,
-                                       size_t host_len, const char *path, size_t path_len,
-                                       int method_id);
+const struct sg_route *sg_config_route(const struct sg_config *c, const char *host, size_t host_len,
+                                       const char *path, size_t path_len, int method_id);
 
 #endif

@@ -163,16 +163,16 @@ const char *sg_http_reason(int status);
  * of at most max_body_bytes (0 = unlimited; exceeding gives error_status 413).
  */
 struct sg_http_chunked {
-    uint8_t state;        /* internal */
-    uint8_t done;         /* 1 once the final CRLF after the last chunk was consumed */
+    uint8_t state;         /* internal */
+    uint8_t done;          /* 1 once the final CRLF after the last chunk was consumed */
     uint16_t error_status; /* on SG_HTTP_ERROR: 400 or 413 */
-    uint32_t line_len;    /* bytes of the current size line / trailer line */
-    uint32_t trailer_len; /* bytes of trailer section so far */
+    uint32_t line_len;     /* bytes of the current size line / trailer line */
+    uint32_t trailer_len;  /* bytes of trailer section so far */
     uint32_t max_trailer_bytes;
-    uint64_t remaining;   /* payload bytes left in the current chunk */
-    uint64_t total;       /* payload bytes so far */
+    uint64_t remaining; /* payload bytes left in the current chunk */
+    uint64_t total;     /* payload bytes so far */
     uint64_t max_body_bytes;
-    const char *error;    /* short constant reason on error */
+    const char *error; /* short constant reason on error */
 };
 
 void sg_http_chunked_init(struct sg_http_chunked *c, uint64_t max_body_bytes,

@@ -90,7 +90,8 @@ static int validate_body(struct sg_exchange *ex) {
     }
     case SG_BODY_CHUNKED:
         if (avail) {
-            ssize_t r = sg_http_chunked_scan(&ex->req_ch, b->data + b->start + ex->req_ready, avail);
+            ssize_t r =
+                sg_http_chunked_scan(&ex->req_ch, b->data + b->start + ex->req_ready, avail);
             if (r < 0)
                 return ex->req_ch.error_status ? ex->req_ch.error_status : 400;
             ex->req_ready += (uint32_t)r;

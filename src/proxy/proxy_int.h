@@ -54,17 +54,17 @@ struct sg_exchange {
     struct sg_http_chunked req_ch;
     struct sg_http_chunked resp_ch;
     uint8_t method;
-    uint8_t req_body;  /* enum sg_http_body or SG_BODY_TUNNEL */
-    uint8_t resp_body; /* enum sg_http_body or SG_BODY_TUNNEL */
-    uint8_t head_sent : 1;      /* head written to the upstream */
-    uint8_t req_done : 1;       /* whole request validated and handed to the upstream */
-    uint8_t resp_started : 1;   /* response head handed to the client */
-    uint8_t resp_done : 1;      /* whole response handed to the client */
-    uint8_t keep_client : 1;    /* the client connection may stay open after */
-    uint8_t up_reusable : 1;    /* the upstream said keep-alive */
+    uint8_t req_body;         /* enum sg_http_body or SG_BODY_TUNNEL */
+    uint8_t resp_body;        /* enum sg_http_body or SG_BODY_TUNNEL */
+    uint8_t head_sent : 1;    /* head written to the upstream */
+    uint8_t req_done : 1;     /* whole request validated and handed to the upstream */
+    uint8_t resp_started : 1; /* response head handed to the client */
+    uint8_t resp_done : 1;    /* whole response handed to the client */
+    uint8_t keep_client : 1;  /* the client connection may stay open after */
+    uint8_t up_reusable : 1;  /* the upstream said keep-alive */
     uint8_t client_http10 : 1;
-    uint8_t decode : 1;         /* chunked response decoded for an HTTP/1.0 client */
-    uint8_t upgrade : 1;        /* the client asked for an upgrade */
+    uint8_t decode : 1;  /* chunked response decoded for an HTTP/1.0 client */
+    uint8_t upgrade : 1; /* the client asked for an upgrade */
     uint8_t retried : 1;
     uint8_t got_resp_bytes : 1; /* any byte from the upstream for this request */
 };

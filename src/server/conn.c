@@ -48,16 +48,13 @@ static uint64_t state_timeout(const struct sg_conn *c, enum sg_conn_state s) {
 
 void sg_conn_set_state(struct sg_conn *c, enum sg_conn_state s) {
     struct sg_worker *w = c->w;
-    if (c->state != s || c->link.next == &c->link) {
-        sg_list_remove(&c->link);
-        w->nconns[c->state]--;
-        c->state = (uint8_t)s;
-        w->nconns[s]++;
-    } else {
-        sg_list_remove(&c->link);
-    }
-    /* Re-entering a state puts c at the tail, keeping each list ordered by
-     * entry time (and so by deadline for the fixed-timeout states). */
+    /* nconns[c->state] counts c from accept until its close callback. */
+    w->nconns[c->state]--;
+    w->nconns[s]++;
+    c->state = (uint8_t)s;
+    /* (Re-)entering a state puts c at the tail, keeping each list ordered by
+     * entry time, and so by deadline for the fixed-timeout states. */
+    sg_list_remove(&c->link);
     sg_list_insert_tail(&w->conns[s], &c->link);
     c->deadline = uv_now(&w->loop) + state_timeout(c, s);
 }
@@ -128,8 +125,7 @@ void sg_conn_accept(struct sg_listener *l) {
     }
     sg_conn_set_state(c, SG_CONN_HEAD);
     uint32_t max = w->cfg->limits.max_connections;
-    if (w->draining ||
-        atomic_load_explicit(&sg_client_conns, memory_order_relaxed) > max) {
+    if (w->draining || atomic_load_explicit(&sg_client_conns, memory_order_relaxed) > max) {
         sg_log_warn("conn %u.%u: max_connections (%u) reached, answering 503", w->index, c->id,
                     max);
         sg_conn_error(c, 503);
@@ -326,8 +322,7 @@ static void process_heads(struct sg_conn *c) {
         return;
     }
     if (r == SG_HTTP_ERROR) {
-        sg_log_debug("conn %u.%u: bad request: %s", w->index, c->id,
-                     msg.error ? msg.error : "?");
+        sg_log_debug("conn %u.%u: bad request: %s", w->index, c->id, msg.error ? msg.error : "?");
         sg_conn_error(c, msg.error_status ? msg.error_status : 400);
         return;
     }
@@ -424,8 +419,8 @@ void sg_conn_sweep(struct sg_worker *w, uint64_t now) {
             if (c->deadline > now)
                 break;
             if (c->state == SG_CONN_HEAD && c->rbuf && c->rbuf->end > c->rbuf->start) {
-                sg_log_info("conn %u.%u: request head not complete after header_timeout",
-                            w->index, c->id);
+                sg_log_info("conn %u.%u: request head not complete after header_timeout", w->index,
+                            c->id);
                 sg_conn_error(c, 408); /* moves it to CLOSING */
             } else {
                 sg_list_remove(&c->link); /* so the loop moves on */

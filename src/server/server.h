@@ -38,8 +38,8 @@ struct sg_worker;
 
 /* Allocated at accept, freed in the uv_close callback (conn.c). */
 struct sg_conn {
-    uv_tcp_t tcp;           /* tcp.data == this */
-    struct sg_list link;    /* in w->conns[state] */
+    uv_tcp_t tcp;        /* tcp.data == this */
+    struct sg_list link; /* in w->conns[state] */
     struct sg_worker *w;
     struct sg_buf *rbuf;    /* pending input; NULL when none (owned) */
     struct sg_exchange *ex; /* the request in flight (owned by proxy.c), or NULL */

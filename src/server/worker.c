@@ -315,7 +315,8 @@ int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done
         uv_mutex_init(&w->cmd_lock);
         for (int s = 0; s < SG_CONN_STATE_COUNT; s++)
             sg_list_init(&w->conns[s]);
-        if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng) || (w->rng[0] | w->rng[1]) == 0) {
+        if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng) ||
+            (w->rng[0] | w->rng[1]) == 0) {
             w->rng[0] = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
             w->rng[1] = 0xbf58476d1ce4e5b9ull + k;
         }
@@ -365,7 +366,8 @@ int sg_server_reload(struct sg_config *cfg) {
             struct sg_config *prev = w->cmd_cfg;
             for (size_t i = 0; i < cfg->nlisten; i++) {
                 for (size_t j = 0; mine[i] < 0 && j < prev->nlisten; j++) {
-                    if (w->cmd_fds[j] >= 0 && strcmp(prev->listen[j].text, cfg->listen[i].text) == 0) {
+                    if (w->cmd_fds[j] >= 0 &&
+                        strcmp(prev->listen[j].text, cfg->listen[i].text) == 0) {
                         mine[i] = w->cmd_fds[j];
                         w->cmd_fds[j] = -1;
                     }
