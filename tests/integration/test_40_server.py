@@ -223,6 +223,21 @@ def test_sighup_changes_limits_and_routes(gateway, backend):
     assert get(gw.port, "/only/y").status == 200
 
 
+def test_sighup_keeps_upstream_connections(gateway, backend):
+    """A reload happens inside the process: the idle keep-alive connection to
+    a backend that is still in the new config is reused, not reopened."""
+    a = backend("A")
+    gw = gateway(pools={"app": [a]}, workers=1)
+    first = get(gw.port, "/before").json()["conn"]
+    gw.reload(gw.render(pools={"app": [a]}, workers=1,
+                        routes=[{"match": {"path_prefix": "/after"}, "pool": "app"}]))
+    assert wait_until(lambda: get(gw.port, "/x").status == 404, 5, interval=0.1), gw.log()
+    r = get(gw.port, "/after")
+    assert r.status == 200, r
+    assert r.json()["conn"] == first, "upstream connection not kept across the reload"
+    assert len(a.accepts()) == 1, a.accepts()
+
+
 def test_sighup_storm_while_serving(gateway, backend):
     """Twenty reloads alternating between two backends while clients keep
     sending requests: every request succeeds, the last config wins."""
