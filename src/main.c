@@ -19,6 +19,8 @@
 
 #include "config/config.h"
 #include "core/log.h"
+#include "pool/health.h"
+#include "pool/pool.h"
 #include "server/server.h"
 
 #define SG_VERSION "0.1.0"
@@ -46,6 +48,7 @@ static void print_errors(struct sg_config_errors *errs) {
 }
 
 static void on_all_done(void) {
+    sg_health_stop();
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
@@ -88,10 +91,16 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
         return;
     }
     sg_config_errors_free(&errs);
+    if (sg_pool_prepare(cfg) != 0) {
+        sg_log_error("reload failed: out of memory; keeping the running config");
+        sg_config_unref(cfg);
+        return;
+    }
     struct sg_config *ref = sg_config_ref(cfg);
     if (sg_server_reload(cfg) == 0) {
         sg_config_unref(running);
         running = ref;
+        sg_health_apply(loop, running);
         sg_log_info("reloaded %s", config_path);
     } else {
         sg_config_unref(ref);
@@ -150,10 +159,15 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_hup);
     uv_timer_init(loop, &shutdown_timer);
+    if (sg_pool_prepare(running) != 0) {
+        fprintf(stderr, "scalegate: out of memory\n");
+        return 1;
+    }
     if (sg_server_start(loop, running, on_all_done) != 0) {
         sg_config_unref(running);
         return 1;
     }
+    sg_health_apply(loop, running);
     uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&sig_hup, on_reload_signal, SIGHUP);

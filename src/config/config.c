@@ -149,10 +149,17 @@ void sg__config_free(struct sg_config *c) {
     free(c->listen);
     for (size_t i = 0; i < c->npools; i++) {
         struct sg_pool *p = &c->pools[i];
+        /* built after loading by another module (pool/); it may point into the pool */
+        if (p->balancer && p->balancer_free)
+            p->balancer_free(p->balancer);
         free(p->name);
         for (size_t j = 0; j < p->nservers; j++)
             free(p->servers[j].text);
         free(p->servers);
+        free(p->hash_name);
+        free(p->health.method);
+        free(p->health.path);
+        free(p->health.host);
     }
     free(c->pools);
     for (size_t i = 0; i < c->nroutes; i++) {

@@ -27,20 +27,83 @@ struct sg_server {
     char *text; /* "127.0.0.1:9001" as written */
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    uint32_t weight; /* 1 unless "host:port weight=N" style is added later */
-    uint32_t id;     /* process-wide id of this address (sg_intern), stable across reloads */
+    uint32_t weight;          /* default 1, 1..1000 */
+    uint32_t max_connections; /* default 0 = unlimited: requests in flight to this server
+                                 (all workers); beyond, requests wait in the pool's queue */
+    bool backup;              /* listed under "backup": used only when no primary is usable */
+    uint32_t id;              /* process-wide id of this address (sg_intern), stable across
+                                 reloads; indexes the shared runtime state (pool/state.h) */
+};
+
+/* Pool balance algorithms (pool/balance.h). */
+enum sg_balance_algo {
+    SG_BALANCE_ROUND_ROBIN = 0,
+    SG_BALANCE_WEIGHTED,   /* smooth weighted round robin */
+    SG_BALANCE_LEAST_CONN, /* fewest in flight relative to weight */
+    SG_BALANCE_P2C,        /* power of two random choices */
+    SG_BALANCE_HASH        /* consistent hashing on hash_key */
+};
+
+/* Where the hash key comes from ("header:NAME", "cookie:NAME", "query:NAME", "ip", "path"). */
+enum sg_hash_source { SG_HASH_HEADER = 0, SG_HASH_COOKIE, SG_HASH_QUERY, SG_HASH_IP, SG_HASH_PATH };
+
+struct sg_health_cfg {
+    bool enabled;          /* a "health" section is present */
+    char *method;          /* default "GET" */
+    char *path;            /* default "/health" */
+    char *host;            /* Host header; default: the server's address */
+    uint64_t interval_ms;  /* default 2s */
+    uint64_t timeout_ms;   /* default 1s */
+    uint16_t status_min;   /* "expect: 200-399" (default) or "expect: 200" */
+    uint16_t status_max;
+    uint32_t rise;         /* default 2: passes in a row to mark a server up */
+    uint32_t fall;         /* default 3: failures in a row to mark it down */
+};
+
+struct sg_outlier_cfg {
+    uint32_t consecutive_errors;   /* default 5; 0 = off: connect errors, resets, timeouts */
+    uint32_t consecutive_5xx;      /* default 0 = off */
+    uint64_t base_ejection_ms;     /* default 10s; doubles each time, up to max_ejection_ms */
+    uint64_t max_ejection_ms;      /* default 300s */
+    uint32_t max_ejection_percent; /* default 50: never eject more of the pool than this */
+};
+
+struct sg_retry_cfg {
+    uint32_t attempts;       /* default 3: tries per request in all (1 = no retry) */
+    uint32_t budget_percent; /* default 20: retries at most this share of requests */
+    uint64_t buffer_bytes;   /* default 64k: request bodies up to this are kept for a replay */
 };
 
 struct sg_pool {
     char *name;
-    struct sg_server *servers; /* nservers >= 1 */
+    struct sg_server *servers; /* primaries first, then backups; nservers >= 1 */
     size_t nservers;
+    size_t nprimary;           /* servers[0..nprimary) are primaries, the rest backups */
     uint64_t connect_timeout_ms;   /* default 5s: connect failure -> 502 */
     uint64_t response_timeout_ms;  /* default 60s: no response bytes -> 504 */
     uint64_t keepalive_timeout_ms; /* default 60s: idle upstream connection closed after */
     uint32_t keepalive;            /* default 64: idle upstream connections kept per server
                                       per worker */
-    _Atomic uint32_t rr;           /* round-robin cursor (mutable) */
+    enum sg_balance_algo balance;  /* default round_robin */
+    enum sg_hash_source hash_source; /* balance: hash */
+    char *hash_name;                 /* header/cookie/query name, else NULL */
+    size_t hash_name_len;
+    enum sg_balance_algo hash_fallback; /* requests without the key; default round_robin */
+    struct sg_health_cfg health;
+    struct sg_outlier_cfg outlier;
+    struct sg_retry_cfg retry;
+    uint64_t slow_start_ms;   /* default 0 = off: weight ramps up over this after recovery */
+    uint32_t queue_size;      /* default 1000: requests waiting for a server's max_connections */
+    uint64_t queue_timeout_ms; /* default 5s: waited longer -> 503 */
+    void *balancer;            /* runtime balancer state (pool/balance.c), built by
+                                  sg_pool_prepare after loading; the snapshot frees it
+                                  with balancer_free when it goes */
+    void (*balancer_free)(void *);
+    /* retry budget window (pool/pool.c; mutable) */
+    _Atomic uint64_t budget_window; /* start of the current 10 s window, ms */
+    _Atomic uint32_t budget_requests;
+    _Atomic uint32_t budget_retries;
+    _Atomic uint32_t rr;       /* round-robin cursor (mutable) */
 };
 
 struct sg_route {
@@ -50,6 +113,8 @@ struct sg_route {
     size_t path_prefix_len;
     uint32_t methods; /* bit (1u << enum sg_http_method); 0 = any */
     struct sg_pool *pool;
+    struct sg_pool *read_pool; /* NULL, or the pool for GET, HEAD and OPTIONS */
+    bool retryable;            /* retry any method (not only idempotent ones) */
 };
 
 struct sg_limits {

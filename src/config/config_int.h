@@ -1,7 +1,9 @@
 /*
  * Internals shared by the files of src/config/: the load context with its
- * error collector (config.c) and the schema walk that fills a snapshot from
- * a libyaml document (schema.c). Not for use outside src/config/.
+ * error collector (config.c), the helpers that read a libyaml document
+ * (walk.c) and the schema walk that fills a snapshot from it (schema.c for
+ * the top level, listen, workers, limits and routes; schema_pool.c for
+ * pools). Not for use outside src/config/.
  */
 #ifndef SG_CONFIG_CONFIG_INT_H
 #define SG_CONFIG_CONFIG_INT_H
@@ -10,7 +12,13 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <yaml.h>
+
+#define SG__CFG_PATHSZ  256 /* key paths longer than this are cut */
+#define SG__CFG_QUOTESZ 80  /* values quoted in messages are cut to fit */
+#define SG__CFG_DAY_MS  (86400ull * 1000)
+#define SG__CFG_YEAR_MS (365 * SG__CFG_DAY_MS)
 
 struct sg__cfg_msg {
     size_t line; /* for sorting; 0 = no line */
@@ -36,6 +44,85 @@ void sg__cfg_error_line(struct sg__cfg_ctx *cx, size_t line, const char *path, c
 
 /* Walks cx->doc against the schema and fills cx->cfg; reports through cx. */
 void sg__config_build(struct sg__cfg_ctx *cx);
+
+/* The "pools" section (schema_pool.c): fills cx->cfg->pools. */
+void sg__cfg_build_pools(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
+
+/* ---- walk.c: reading nodes ---------------------------------------------------
+ * Every function below that takes cx reports its own errors there, with
+ * path as the key path, and returns a failure value after reporting. */
+
+yaml_node_t *sg__cfg_node(struct sg__cfg_ctx *cx, int id);
+/* "a map", "a list" or "a string", for "expected X, got Y". */
+const char *sg__cfg_shape(const yaml_node_t *n);
+/* A plain empty/"~"/"null" scalar: what "key:" with nothing after it gives. */
+bool sg__cfg_is_null(const yaml_node_t *n);
+/* Writes s into out as "s" with control characters escaped, cut to fit; returns out. */
+const char *sg__cfg_quote(char *out, size_t outsz, const char *s);
+/* out (SG__CFG_PATHSZ bytes) = base.key, or key at the top; key cut and sanitised. */
+void sg__cfg_path_key(char *out, const char *base, const char *key);
+/* out (SG__CFG_PATHSZ bytes) = base[i]; out may be base. */
+void sg__cfg_path_idx(char *out, const char *base, size_t i);
+/* The text of scalar n, or NULL after reporting why it is not usable as `what`
+ * ("a duration", "host:port", ...). The text belongs to the document. */
+const char *sg__cfg_scalar(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                           const char *what);
+/* strdup/calloc that set cx->oom on failure (calloc of 0 items gives 1). */
+char *sg__cfg_strdup(struct sg__cfg_ctx *cx, const char *s);
+void *sg__cfg_alloc(struct sg__cfg_ctx *cx, size_t n, size_t size);
+/* Checks that n is a map (a null value counts as an empty one) whose keys are
+ * strings among names[0..nnames), none twice. vals[i] gets the value node of
+ * names[i] or NULL. Returns false, after reporting, when n is not a map. */
+bool sg__cfg_get_map(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                     const char *const *names, size_t nnames, yaml_node_t **vals);
+
+/* ---- walk.c: values ------------------------------------------------------------ */
+
+/* Digits only, no overflow: 0 or -1. */
+int sg__cfg_parse_uint(const char *s, uint64_t *out);
+/* The shortest exact form: "10s", "1500ms" / "16k", "1000". */
+void sg__cfg_fmt_duration(char *out, size_t sz, uint64_t ms);
+void sg__cfg_fmt_size(char *out, size_t sz, uint64_t v);
+
+enum sg__cfg_vtype {
+    SG__CFG_DURATION = 0, /* "250ms", "10s" (core/parse.h), stored in ms */
+    SG__CFG_SIZE,         /* "512", "64k", "10MB" */
+    SG__CFG_COUNT,        /* digits */
+    SG__CFG_PERCENT       /* "20%" or "20" */
+};
+
+/* A numeric key, stored at off in its struct. */
+struct sg__cfg_field {
+    const char *name;
+    enum sg__cfg_vtype type;
+    uint8_t width; /* 4: uint32_t, 8: uint64_t */
+    size_t off;
+    uint64_t min, max; /* max UINT64_MAX: no upper bound */
+};
+
+/* Parses n into base + f->off; false after reporting (base untouched). */
+bool sg__cfg_set_field(struct sg__cfg_ctx *cx, const struct sg__cfg_field *f, const yaml_node_t *n,
+                       const char *path, void *base);
+/* sg__cfg_get_map over names[0..nnames) then the names of f[0..nf): vals gets
+ * nnames + nf entries, the fields' nodes last. */
+bool sg__cfg_get_map_fields(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                            const char *const *names, size_t nnames, const struct sg__cfg_field *f,
+                            size_t nf, yaml_node_t **vals);
+/* Sets each field f[i] whose node vals[i] is not NULL; ok (NULL, or nf
+ * entries) tells which were absent or valid. */
+void sg__cfg_fields(struct sg__cfg_ctx *cx, const struct sg__cfg_field *f, size_t nf,
+                    yaml_node_t *const *vals, const char *path, void *base, bool *ok);
+/* true/false (also yes/no, on/off, any case): 1 or 0, or -1 after reporting. */
+int sg__cfg_bool(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
+
+/* Calls one(cx, item, path_of_item, i, arg) for each item of a list, or once
+ * for a lone scalar (accepted where a list of strings is expected). Returns
+ * the number of items, or -1 after reporting a wrong type or an empty list.
+ * With one NULL it only counts. */
+typedef void (*sg__cfg_item_fn)(struct sg__cfg_ctx *cx, const yaml_node_t *item, const char *path,
+                                size_t i, void *arg);
+long sg__cfg_each_item(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                       const char *what, sg__cfg_item_fn one, void *arg);
 
 /* Frees a snapshot and everything it owns, whatever its refcount. */
 void sg__config_free(struct sg_config *c);

@@ -13,8 +13,12 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "core/log.h"
+#include "pool/balance.h"
+#include "pool/pool.h"
+#include "pool/state.h"
 #include "proxy/proxy_int.h"
 
 static const char continue_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -29,9 +33,20 @@ static struct sg_exchange *ex_alloc(struct sg_worker *w) {
     return ex;
 }
 
+/* The chosen server stops counting this request as in flight. */
+static void uncount(struct sg_exchange *ex) {
+    if (ex->counted) {
+        atomic_fetch_sub_explicit(&sg_server_state(ex->server->id)->inflight, 1,
+                                  memory_order_relaxed);
+        ex->counted = 0;
+    }
+}
+
 /* Frees ex; its upstream must already be released or closed. */
 static void ex_free(struct sg_worker *w, struct sg_exchange *ex) {
+    uncount(ex);
     sg_buf_put(ex->head);
+    sg_buf_put(ex->replay);
     sg_config_unref(ex->cfg);
     ex->next_free = w->free_exchanges;
     w->free_exchanges = ex;
@@ -106,20 +121,52 @@ static int validate_body(struct sg_exchange *ex) {
     return 0;
 }
 
-/* Writes the head (if not yet sent) and the validated body bytes to the
- * upstream. */
+/* Keeps a copy of body bytes being sent, for a retry, while they fit. */
+static void keep_for_replay(struct sg_exchange *ex, const char *p, uint32_t n) {
+    if (!ex->replayable || n == 0)
+        return;
+    struct sg_buf *r = ex->replay;
+    uint64_t have = r ? r->end : 0;
+    if (have + n > ex->pool->retry.buffer_bytes) {
+        sg_buf_put(ex->replay);
+        ex->replay = NULL;
+        ex->replayable = 0;
+        return;
+    }
+    if (!r || r->end + n > r->cap) {
+        size_t cap = have + n < SG_BUF_SMALL ? SG_BUF_SMALL : (size_t)(have + n) * 2;
+        if (cap > ex->pool->retry.buffer_bytes)
+            cap = ex->pool->retry.buffer_bytes;
+        struct sg_buf *nr = sg_buf_get_size(cap);
+        if (r) {
+            memcpy(nr->data, r->data, r->end);
+            nr->end = r->end;
+            sg_buf_put(r);
+        }
+        ex->replay = r = nr;
+    }
+    memcpy(r->data + r->end, p, n);
+    r->end += n;
+}
+
+/* Writes the head (if not yet sent), the body bytes kept for a replay (after
+ * a retry) and the validated body bytes to the upstream. */
 static void send_request(struct sg_exchange *ex) {
     struct sg_upstream *up = ex->up;
     struct sg_conn *c = ex->client;
     if (!up || up->state != SG_UP_ACTIVE || up->writing)
         return;
-    uv_buf_t bufs[2];
+    uv_buf_t bufs[3];
     unsigned n = 0;
     if (!ex->head_sent)
         bufs[n++] = uv_buf_init(ex->head->data, ex->head->end);
+    if (ex->replay && !ex->replay_sent && ex->replay->end)
+        bufs[n++] = uv_buf_init(ex->replay->data, ex->replay->end);
     uint32_t body = ex->req_ready;
-    if (body)
+    if (body) {
         bufs[n++] = uv_buf_init(c->rbuf->data + c->rbuf->start, body);
+        keep_for_replay(ex, c->rbuf->data + c->rbuf->start, body);
+    }
     if (n == 0)
         return;
     int r = sg__upstream_write(up, bufs, n, NULL, body ? c->rbuf : NULL);
@@ -129,6 +176,7 @@ static void send_request(struct sg_exchange *ex) {
         return;
     }
     ex->head_sent = 1;
+    ex->replay_sent = 1;
     ex->req_ready = 0;
     if (r == 1 && body) {
         /* The write owns the buffer now; keep what follows the body. */
@@ -144,8 +192,8 @@ static void send_request(struct sg_exchange *ex) {
     } else if (body) {
         c->rbuf->start += body;
     }
-    if (ex->req_body != SG_BODY_NONE && ex->head && !up->writing) {
-        /* A request with a body is never resent: the head is not needed. */
+    if (ex->req_body != SG_BODY_NONE && !ex->replayable && ex->head && !up->writing) {
+        /* A request whose body can't be replayed is never resent. */
         sg_buf_put(ex->head);
         ex->head = NULL;
     }
@@ -160,8 +208,15 @@ static void send_request(struct sg_exchange *ex) {
     }
 }
 
+/* Puts ex on pool->servers[idx]: counts it in flight, then reuses an idle
+ * connection or opens one. */
 static void attach_upstream(struct sg_exchange *ex) {
     struct sg_worker *w = ex->client->w;
+    if (!ex->counted) {
+        atomic_fetch_add_explicit(&sg_server_state(ex->server->id)->inflight, 1,
+                                  memory_order_relaxed);
+        ex->counted = 1;
+    }
     struct sg_upstream *up = ex->retried ? NULL : sg__upstream_idle_get(w, ex->server);
     if (up) {
         up->ex = ex;
@@ -171,6 +226,7 @@ static void attach_upstream(struct sg_exchange *ex) {
     }
     up = sg__upstream_connect(w, ex->server);
     if (!up) {
+        sg_pool_report(ex->pool, ex->server_idx, SG_OUTCOME_ERROR);
         fail(ex, 502);
         return;
     }
@@ -179,18 +235,144 @@ static void attach_upstream(struct sg_exchange *ex) {
     ex->client->deadline = now_ms(ex) + ex->pool->connect_timeout_ms;
 }
 
+/*
+ * After a failure before any response byte: sends the request to another
+ * server of the pool when that is safe (idempotent or retryable route, body
+ * fully kept, attempts and retry budget left, another server usable).
+ * Returns true when a retry started; the caller answers the error otherwise.
+ */
+static bool try_retry(struct sg_exchange *ex, const char *why) {
+    const struct sg_pool *pool = ex->pool;
+    if (ex->resp_started || ex->got_resp_bytes || !ex->retry_ok || !ex->head ||
+        ex->attempts >= pool->retry.attempts)
+        return false;
+    if (ex->req_body != SG_BODY_NONE && ex->head_sent && !ex->replayable)
+        return false;
+    if (ex->req_body == SG_BODY_TUNNEL)
+        return false;
+    struct sg_pick_key key = {.has_key = ex->has_key, .key_hash = ex->key_hash};
+    int i = sg_pool_pick(pool, &key, ex->tried, sg_worker_random(ex->client->w));
+    if (i < 0 || !sg_pool_retry_allowed(pool))
+        return false;
+    if (ex->up) {
+        sg__upstream_close(ex->up);
+        ex->up = NULL;
+    }
+    uncount(ex);
+    sg_log_info("upstream %s: %s; retrying on %s", ex->server->text, why,
+                pool->servers[i].text);
+    ex->server_idx = (uint32_t)i;
+    ex->server = &pool->servers[i];
+    if (i < 64)
+        ex->tried |= 1ull << i;
+    ex->attempts++;
+    ex->head_sent = 0;
+    ex->replay_sent = 0;
+    ex->retried = 0;
+    attach_upstream(ex);
+    return true;
+}
+
+/* The value a balance: hash pool hashes, or false when the request has none. */
+static bool pick_key(const struct sg_pool *pool, const struct sg_conn *c,
+                     const struct sg_http_msg *msg, uint64_t *out) {
+    const char *p = NULL;
+    size_t n = 0;
+    const char *target = msg->target, *qs;
+    size_t tlen = msg->target_len;
+    switch (pool->hash_source) {
+    case SG_HASH_IP:
+        *out = sg_hash64(c->ip, c->ip_family == AF_INET ? 4 : 16);
+        return c->ip_family != 0;
+    case SG_HASH_PATH:
+        qs = memchr(target, '?', tlen);
+        *out = sg_hash64(target, qs ? (size_t)(qs - target) : tlen);
+        return true;
+    case SG_HASH_HEADER:
+        for (uint32_t i = 0; i < msg->num_headers; i++) {
+            if (sg_http_name_eq(&msg->headers[i], pool->hash_name, pool->hash_name_len)) {
+                p = msg->headers[i].value;
+                n = msg->headers[i].value_len;
+                break;
+            }
+        }
+        break;
+    case SG_HASH_QUERY:
+        qs = memchr(target, '?', tlen);
+        for (const char *q = qs, *end = target + tlen; q && q < end;) {
+            q++;
+            const char *amp = memchr(q, '&', (size_t)(end - q));
+            const char *e = amp ? amp : end;
+            if ((size_t)(e - q) > pool->hash_name_len && q[pool->hash_name_len] == '=' &&
+                memcmp(q, pool->hash_name, pool->hash_name_len) == 0) {
+                p = q + pool->hash_name_len + 1;
+                n = (size_t)(e - p);
+                break;
+            }
+            q = amp;
+        }
+        break;
+    case SG_HASH_COOKIE:
+        for (uint32_t i = 0; i < msg->num_headers && !p; i++) {
+            if (!sg_http_name_eq(&msg->headers[i], "cookie", 6))
+                continue;
+            const char *v = msg->headers[i].value, *end = v + msg->headers[i].value_len;
+            while (v < end && !p) {
+                while (v < end && (*v == ' ' || *v == ';'))
+                    v++;
+                const char *semi = memchr(v, ';', (size_t)(end - v));
+                const char *e = semi ? semi : end;
+                if ((size_t)(e - v) > pool->hash_name_len && v[pool->hash_name_len] == '=' &&
+                    memcmp(v, pool->hash_name, pool->hash_name_len) == 0) {
+                    p = v + pool->hash_name_len + 1;
+                    n = (size_t)(e - p);
+                }
+                v = e;
+            }
+        }
+        break;
+    }
+    if (!p || n == 0)
+        return false;
+    *out = sg_hash64(p, n);
+    return true;
+}
+
+static bool is_safe(int m) {
+    return m == SG_METHOD_GET || m == SG_METHOD_HEAD || m == SG_METHOD_OPTIONS;
+}
+
 int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head_len,
                    const struct sg_route *route) {
     struct sg_worker *w = c->w;
-    const struct sg_pool *pool = route->pool;
     if (msg->method_id == SG_METHOD_CONNECT)
         return 405;
+    const struct sg_pool *pool =
+        route->read_pool && is_safe(msg->method_id) ? route->read_pool : route->pool;
+    uint64_t key_hash = 0;
+    bool has_key = pool->balance == SG_BALANCE_HASH && pick_key(pool, c, msg, &key_hash);
+    struct sg_pick_key key = {.has_key = has_key, .key_hash = key_hash};
+    sg_pool_count_request(pool);
+    int i = sg_pool_pick(pool, &key, 0, sg_worker_random(w));
+    if (i < 0) {
+        sg_log_warn("pool %s: no server available", pool->name);
+        return 503;
+    }
     struct sg_exchange *ex = ex_alloc(w);
     ex->client = c;
     ex->cfg = sg_config_ref(w->cfg);
     ex->pool = pool;
-    uint32_t i = atomic_fetch_add_explicit(&((struct sg_pool *)pool)->rr, 1, memory_order_relaxed);
-    ex->server = &pool->servers[i % pool->nservers];
+    ex->server_idx = (uint32_t)i;
+    ex->server = &pool->servers[i];
+    ex->tried = i < 64 ? 1ull << i : 0;
+    ex->attempts = 1;
+    ex->has_key = has_key;
+    ex->key_hash = key_hash;
+    int m = msg->method_id;
+    ex->retry_ok = route->retryable || is_safe(m) || m == SG_METHOD_PUT || m == SG_METHOD_DELETE;
+    ex->replayable = ex->retry_ok && pool->retry.attempts > 1 && pool->retry.buffer_bytes > 0 &&
+                     !(msg->body == SG_BODY_LENGTH &&
+                       msg->content_length > pool->retry.buffer_bytes);
     ex->method = msg->method_id;
     ex->client_http10 = msg->minor == 0;
     ex->keep_client = msg->keep_alive;
@@ -231,7 +413,9 @@ void sg__proxy_connected(struct sg_exchange *ex, int status) {
         sg_log_warn("upstream %s: connect failed: %s", ex->server->text, uv_strerror(status));
         sg__upstream_close(ex->up);
         ex->up = NULL;
-        fail(ex, 502);
+        sg_pool_report(ex->pool, ex->server_idx, SG_OUTCOME_ERROR);
+        if (!try_retry(ex, "connect failed"))
+            fail(ex, 502);
         return;
     }
     send_request(ex);
@@ -260,7 +444,9 @@ void sg__proxy_upstream_written(struct sg_exchange *ex, int status) {
     struct sg_conn *c = ex->client;
     if (status < 0) {
         sg_log_warn("upstream %s: write failed: %s", ex->server->text, uv_strerror(status));
-        fail(ex, 502);
+        sg_pool_report(ex->pool, ex->server_idx, SG_OUTCOME_ERROR);
+        if (!try_retry(ex, "write failed"))
+            fail(ex, 502);
         return;
     }
     if (ex->resp_started && ex->head) {
@@ -465,9 +651,14 @@ void sg__proxy_upstream_data(struct sg_exchange *ex) {
             return;
     }
     ex->resp_started = 1;
+    sg_pool_report(ex->pool, ex->server_idx,
+                   msg.status >= 500 ? SG_OUTCOME_5XX : SG_OUTCOME_OK);
     if (ex->head && !up->writing) {
         sg_buf_put(ex->head);
         ex->head = NULL;
+        sg_buf_put(ex->replay);
+        ex->replay = NULL;
+        ex->replayable = 0;
     }
     struct sg_buf *rh;
     if (msg.status == 101) {
@@ -513,7 +704,10 @@ void sg__proxy_upstream_eof(struct sg_exchange *ex, int err) {
         }
         sg_log_warn("upstream %s: closed before a complete response (%s)", ex->server->text,
                     uv_strerror(err));
-        fail(ex, 502);
+        if (!ex->got_resp_bytes)
+            sg_pool_report(ex->pool, ex->server_idx, SG_OUTCOME_ERROR);
+        if (!try_retry(ex, "closed before responding"))
+            fail(ex, 502);
         return;
     }
     if (ex->resp_body == SG_BODY_EOF || ex->resp_body == SG_BODY_TUNNEL) {
@@ -560,13 +754,16 @@ void sg_proxy_timeout(struct sg_conn *c) {
     }
     if (ex->up && ex->up->state == SG_UP_CONNECTING) {
         sg_log_warn("upstream %s: connect timed out", ex->server->text);
-        fail(ex, 504);
+        sg_pool_report(ex->pool, ex->server_idx, SG_OUTCOME_ERROR);
+        if (!try_retry(ex, "connect timed out"))
+            fail(ex, 504);
     } else if (!ex->req_done) {
         sg_log_info("conn %u.%u: request body timed out", c->w->index, c->id);
         fail(ex, 408);
     } else {
         sg_log_warn("upstream %s: no response within %llu ms", ex->server->text,
                     (unsigned long long)ex->pool->response_timeout_ms);
+        sg_pool_report(ex->pool, ex->server_idx, SG_OUTCOME_ERROR);
         fail(ex, 504);
     }
 }

@@ -45,8 +45,14 @@ struct sg_exchange {
     struct sg_config *cfg;
     const struct sg_pool *pool;
     const struct sg_server *server;
-    struct sg_buf *head; /* rewritten request head; kept until the response
-                            head arrives so the request can be resent once */
+    struct sg_buf *head;   /* rewritten request head; kept until the response
+                              head arrives so that the request can be resent */
+    struct sg_buf *replay; /* request body bytes sent so far, kept for a retry
+                              while they fit retry.buffer (NULL otherwise) */
+    uint64_t tried;        /* bit i: pool->servers[i] was tried */
+    uint64_t key_hash;     /* balance: hash */
+    uint32_t server_idx;   /* index of server in pool->servers */
+    uint8_t attempts;      /* servers tried so far */
     uint64_t req_left;   /* LENGTH: body bytes not yet validated */
     uint32_t req_ready;  /* validated body bytes at the front of client->rbuf */
     uint32_t resp_scanned;
@@ -65,8 +71,13 @@ struct sg_exchange {
     uint8_t client_http10 : 1;
     uint8_t decode : 1;  /* chunked response decoded for an HTTP/1.0 client */
     uint8_t upgrade : 1; /* the client asked for an upgrade */
-    uint8_t retried : 1;
+    uint8_t retried : 1;        /* resent once on a fresh connection to the same server */
     uint8_t got_resp_bytes : 1; /* any byte from the upstream for this request */
+    uint8_t has_key : 1;        /* key_hash is set */
+    uint8_t retry_ok : 1;       /* idempotent, or the route is retryable */
+    uint8_t replayable : 1;     /* every body byte sent so far is in replay */
+    uint8_t replay_sent : 1;    /* replay written to the current upstream */
+    uint8_t counted : 1;        /* server's inflight counts this request */
 };
 
 /* upstream.c */

@@ -204,12 +204,53 @@ static void test_defaults(void **state) {
     assert_int_equal(p->response_timeout_ms, 60000);
     assert_int_equal(p->keepalive, 64);
     assert_int_equal(p->keepalive_timeout_ms, 60000);
+    /* servers, balancing, health, outlier, retry, queue */
+    assert_int_equal(p->nservers, 1);
+    assert_int_equal(p->nprimary, 1);
+    assert_int_equal(p->servers[0].weight, 1);
+    assert_int_equal(p->servers[0].max_connections, 0);
+    assert_false(p->servers[0].backup);
+    assert_int_equal(p->balance, SG_BALANCE_ROUND_ROBIN);
+    assert_null(p->hash_name);
+    assert_int_equal(p->hash_name_len, 0);
+    assert_int_equal(p->hash_fallback, SG_BALANCE_ROUND_ROBIN);
+    assert_false(p->health.enabled);
+    assert_string_equal(p->health.method, "GET");
+    assert_string_equal(p->health.path, "/health");
+    assert_null(p->health.host);
+    assert_int_equal(p->health.interval_ms, 2000);
+    assert_int_equal(p->health.timeout_ms, 1000);
+    assert_int_equal(p->health.status_min, 200);
+    assert_int_equal(p->health.status_max, 399);
+    assert_int_equal(p->health.rise, 2);
+    assert_int_equal(p->health.fall, 3);
+    assert_int_equal(p->outlier.consecutive_errors, 5);
+    assert_int_equal(p->outlier.consecutive_5xx, 0);
+    assert_int_equal(p->outlier.base_ejection_ms, 10000);
+    assert_int_equal(p->outlier.max_ejection_ms, 300000);
+    assert_int_equal(p->outlier.max_ejection_percent, 50);
+    assert_int_equal(p->retry.attempts, 3);
+    assert_int_equal(p->retry.budget_percent, 20);
+    assert_int_equal(p->retry.buffer_bytes, 64 << 10);
+    assert_int_equal(p->slow_start_ms, 0);
+    assert_int_equal(p->queue_size, 1000);
+    assert_int_equal(p->queue_timeout_ms, 5000);
+    assert_null(p->balancer);
+    assert_null(p->balancer_free);
     /* one pool and no routes: a single catch-all route to it */
     assert_int_equal(c->nroutes, 1);
     assert_null(c->routes[0].host);
     assert_null(c->routes[0].path_prefix);
     assert_int_equal(c->routes[0].methods, 0);
     assert_ptr_equal(c->routes[0].pool, p);
+    assert_null(c->routes[0].read_pool);
+    assert_false(c->routes[0].retryable);
+    sg_config_unref(c);
+
+    /* an explicit route has the same defaults */
+    c = load_ok("listen: 80\npools: {a: {servers: [1.2.3.4:5]}}\nroutes: [{pool: a}]\n");
+    assert_null(c->routes[0].read_pool);
+    assert_false(c->routes[0].retryable);
     sg_config_unref(c);
 }
 
@@ -269,6 +310,8 @@ static void test_demo_file(void **state) {
     assert_string_equal(c->pools[0].name, "app");
     assert_int_equal(c->pools[0].nservers, 2);
     assert_string_equal(c->pools[0].servers[1].text, "127.0.0.1:9002");
+    assert_true(c->pools[0].health.enabled); /* the demo backends answer GET /health */
+    assert_string_equal(c->pools[0].health.path, "/health");
     assert_non_null(sg_config_route(c, "x", 1, "/", 1, SG_METHOD_GET));
     sg_config_unref(c);
 }
@@ -314,6 +357,306 @@ static void test_load_file(void **state) {
     c = load("listen: 1\npools: {a: {servers: [1.2.3.4:5]}}\n", NULL);
     assert_non_null(c);
     sg_config_unref(c);
+}
+
+/* ---- pools: servers, balancing, health, outlier, retry, queue -------------------- */
+
+static const char pool_example[] =
+    "listen: 80\n"
+    "pools:\n"
+    "  app:\n"
+    "    servers:\n"
+    "      - 127.0.0.1:9001\n"
+    "      - { address: 127.0.0.1:9002, weight: 3, max_connections: 100 }\n"
+    "      - address: \"[::1]:9003\"\n"
+    "        weight: 1000\n"
+    "        max_connections: 1000000\n"
+    "    backup: [127.0.0.1:9009, {address: localhost:9010, weight: 2}]\n"
+    "    balance: hash\n"
+    "    hash_key: header:X-Device-ID\n"
+    "    hash_fallback: least_conn\n"
+    "    health:\n"
+    "      method: HEAD\n"
+    "      path: /healthz?full=1\n"
+    "      host: app.internal:8080\n"
+    "      interval: 500ms\n"
+    "      timeout: 2s\n"
+    "      expect: 200-299\n"
+    "      rise: 1\n"
+    "      fall: 100\n"
+    "    outlier:\n"
+    "      consecutive_errors: 0\n"
+    "      consecutive_5xx: 1000\n"
+    "      base_ejection: 30s\n"
+    "      max_ejection: 30s\n"
+    "      max_ejection_percent: 100%\n"
+    "    slow_start: 1m\n"
+    "    retry:\n"
+    "      attempts: 1\n"
+    "      budget: 5\n"
+    "      buffer: 0\n"
+    "    queue_size: 0\n"
+    "    queue_timeout: 250ms\n"
+    "    connect_timeout: 1s\n"
+    "  reads:\n"
+    "    servers: 10.0.0.1:80\n"
+    "    backup: 10.0.0.2:80\n"
+    "    balance: weighted\n"
+    "    health: {}\n"
+    "    outlier:\n"
+    "    retry: {budget: 100%, buffer: 64MB, attempts: 10}\n"
+    "    queue_size: 1000000\n"
+    "    slow_start: 0\n"
+    "  other:\n"
+    "    servers: [10.0.0.3:80]\n"
+    "    balance: least_conn\n"
+    "    health: {expect: 200, host: \"\"}\n"
+    "    outlier: {max_ejection_percent: 0, base_ejection: 1ms, max_ejection: 365d}\n"
+    "    retry: {budget: 0%}\n"
+    "routes:\n"
+    "  - match: {path_prefix: /api}\n"
+    "    pool: app\n"
+    "    read_pool: reads\n"
+    "    retryable: true\n"
+    "  - match: {path_prefix: /x}\n"
+    "    pool: other\n"
+    "    read_pool: other\n"
+    "    retryable: No\n"
+    "  - pool: reads\n"
+    "    retryable: on\n";
+
+static void test_pool_example(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok(pool_example);
+    assert_int_equal(c->npools, 3);
+    struct sg_pool *app = &c->pools[0], *reads = &c->pools[1], *other = &c->pools[2];
+
+    /* primaries in order, then backups */
+    assert_int_equal(app->nservers, 5);
+    assert_int_equal(app->nprimary, 3);
+    static const struct {
+        const char *text;
+        uint32_t weight, max_connections;
+        bool backup;
+    } want[] = {
+        {"127.0.0.1:9001", 1, 0, false},      {"127.0.0.1:9002", 3, 100, false},
+        {"[::1]:9003", 1000, 1000000, false}, {"127.0.0.1:9009", 1, 0, true},
+        {"localhost:9010", 2, 0, true},
+    };
+    for (size_t i = 0; i < N(want); i++) {
+        assert_string_equal(app->servers[i].text, want[i].text);
+        assert_int_equal(app->servers[i].weight, want[i].weight);
+        assert_int_equal(app->servers[i].max_connections, want[i].max_connections);
+        assert_int_equal(app->servers[i].backup, want[i].backup);
+        assert_int_equal(app->servers[i].id, sg_intern(want[i].text));
+    }
+    assert_int_equal(app->servers[2].addr.ss_family, AF_INET6);
+    assert_int_equal(port_of(&app->servers[2].addr), 9003);
+    assert_int_equal(port_of(&app->servers[4].addr), 9010);
+
+    assert_int_equal(app->balance, SG_BALANCE_HASH);
+    assert_int_equal(app->hash_source, SG_HASH_HEADER);
+    assert_string_equal(app->hash_name, "X-Device-ID");
+    assert_int_equal(app->hash_name_len, 11);
+    assert_int_equal(app->hash_fallback, SG_BALANCE_LEAST_CONN);
+
+    assert_true(app->health.enabled);
+    assert_string_equal(app->health.method, "HEAD");
+    assert_string_equal(app->health.path, "/healthz?full=1");
+    assert_string_equal(app->health.host, "app.internal:8080");
+    assert_int_equal(app->health.interval_ms, 500);
+    assert_int_equal(app->health.timeout_ms, 2000); /* longer than interval: allowed */
+    assert_int_equal(app->health.status_min, 200);
+    assert_int_equal(app->health.status_max, 299);
+    assert_int_equal(app->health.rise, 1);
+    assert_int_equal(app->health.fall, 100);
+
+    assert_int_equal(app->outlier.consecutive_errors, 0);
+    assert_int_equal(app->outlier.consecutive_5xx, 1000);
+    assert_int_equal(app->outlier.base_ejection_ms, 30000);
+    assert_int_equal(app->outlier.max_ejection_ms, 30000);
+    assert_int_equal(app->outlier.max_ejection_percent, 100);
+    assert_int_equal(app->slow_start_ms, 60000);
+    assert_int_equal(app->retry.attempts, 1);
+    assert_int_equal(app->retry.budget_percent, 5);
+    assert_int_equal(app->retry.buffer_bytes, 0);
+    assert_int_equal(app->queue_size, 0);
+    assert_int_equal(app->queue_timeout_ms, 250);
+    assert_int_equal(app->connect_timeout_ms, 1000);
+    assert_int_equal(app->response_timeout_ms, 60000);
+
+    /* lone strings for servers and backup; an empty health map: checks with defaults */
+    assert_int_equal(reads->nservers, 2);
+    assert_int_equal(reads->nprimary, 1);
+    assert_string_equal(reads->servers[1].text, "10.0.0.2:80");
+    assert_true(reads->servers[1].backup);
+    assert_int_equal(reads->balance, SG_BALANCE_WEIGHTED);
+    assert_null(reads->hash_name);
+    assert_true(reads->health.enabled);
+    assert_string_equal(reads->health.method, "GET");
+    assert_string_equal(reads->health.path, "/health");
+    assert_null(reads->health.host);
+    assert_int_equal(reads->health.interval_ms, 2000);
+    assert_int_equal(reads->health.timeout_ms, 1000);
+    assert_int_equal(reads->health.status_min, 200);
+    assert_int_equal(reads->health.status_max, 399);
+    assert_int_equal(reads->health.rise, 2);
+    assert_int_equal(reads->health.fall, 3);
+    assert_int_equal(reads->outlier.consecutive_errors, 5); /* "outlier:" empty: defaults */
+    assert_int_equal(reads->outlier.max_ejection_ms, 300000);
+    assert_int_equal(reads->retry.attempts, 10);
+    assert_int_equal(reads->retry.budget_percent, 100);
+    assert_int_equal(reads->retry.buffer_bytes, 64 << 20);
+    assert_int_equal(reads->queue_size, 1000000);
+    assert_int_equal(reads->slow_start_ms, 0);
+
+    /* expect as a YAML integer; host "" = the server's address */
+    assert_int_equal(other->balance, SG_BALANCE_LEAST_CONN);
+    assert_int_equal(other->health.status_min, 200);
+    assert_int_equal(other->health.status_max, 200);
+    assert_null(other->health.host);
+    assert_int_equal(other->outlier.max_ejection_percent, 0);
+    assert_int_equal(other->outlier.base_ejection_ms, 1);
+    assert_int_equal(other->outlier.max_ejection_ms, 365ull * 86400 * 1000);
+    assert_int_equal(other->retry.budget_percent, 0);
+
+    assert_int_equal(c->nroutes, 3);
+    assert_ptr_equal(c->routes[0].pool, app);
+    assert_ptr_equal(c->routes[0].read_pool, reads);
+    assert_true(c->routes[0].retryable);
+    assert_ptr_equal(c->routes[1].pool, other);
+    assert_ptr_equal(c->routes[1].read_pool, other);
+    assert_false(c->routes[1].retryable);
+    assert_ptr_equal(c->routes[2].pool, reads);
+    assert_null(c->routes[2].read_pool);
+    assert_true(c->routes[2].retryable);
+    sg_config_unref(c);
+}
+
+static void test_balance_and_hash_keys(void **state) {
+    (void)state;
+    static const struct {
+        const char *balance;
+        enum sg_balance_algo algo;
+    } algos[] = {
+        {"round_robin", SG_BALANCE_ROUND_ROBIN},
+        {"weighted", SG_BALANCE_WEIGHTED},
+        {"least_conn", SG_BALANCE_LEAST_CONN},
+        {"p2c", SG_BALANCE_P2C},
+    };
+    char yaml[256];
+    for (size_t i = 0; i < N(algos); i++) {
+        snprintf(yaml, sizeof(yaml),
+                 "listen: 80\npools: {a: {servers: [1.2.3.4:5], balance: %s}}\n", algos[i].balance);
+        struct sg_config *c = load_ok(yaml);
+        assert_int_equal(c->pools[0].balance, algos[i].algo);
+        sg_config_unref(c);
+        snprintf(yaml, sizeof(yaml),
+                 "listen: 80\npools: {a: {servers: [1.2.3.4:5], balance: hash, hash_key: ip, "
+                 "hash_fallback: %s}}\n",
+                 algos[i].balance);
+        c = load_ok(yaml);
+        assert_int_equal(c->pools[0].balance, SG_BALANCE_HASH);
+        assert_int_equal(c->pools[0].hash_fallback, algos[i].algo);
+        sg_config_unref(c);
+    }
+    static const struct {
+        const char *key;
+        enum sg_hash_source src;
+        const char *name; /* NULL: none */
+    } keys[] = {
+        {"header:X-User", SG_HASH_HEADER, "X-User"},
+        {"cookie:session_id", SG_HASH_COOKIE, "session_id"},
+        {"query:u", SG_HASH_QUERY, "u"},
+        {"\"header:!#$%&'*+-.^_`|~09azAZ\"", SG_HASH_HEADER, "!#$%&'*+-.^_`|~09azAZ"},
+        {"ip", SG_HASH_IP, NULL},
+        {"path", SG_HASH_PATH, NULL},
+    };
+    for (size_t i = 0; i < N(keys); i++) {
+        snprintf(yaml, sizeof(yaml),
+                 "listen: 80\npools:\n  a:\n    servers: [1.2.3.4:5]\n    balance: hash\n"
+                 "    hash_key: %s\n",
+                 keys[i].key);
+        struct sg_config *c = load_ok(yaml);
+        struct sg_pool *p = &c->pools[0];
+        assert_int_equal(p->hash_source, keys[i].src);
+        assert_int_equal(p->hash_fallback, SG_BALANCE_ROUND_ROBIN);
+        if (keys[i].name) {
+            assert_string_equal(p->hash_name, keys[i].name);
+            assert_int_equal(p->hash_name_len, strlen(keys[i].name));
+        } else {
+            assert_null(p->hash_name);
+            assert_int_equal(p->hash_name_len, 0);
+        }
+        sg_config_unref(c);
+    }
+}
+
+static void test_server_forms(void **state) {
+    (void)state;
+    /* block maps, a lone backup map in a list, aliases shared between pools */
+    struct sg_config *c = load_ok("listen: 80\n"
+                                  "pools:\n"
+                                  "  a:\n"
+                                  "    servers:\n"
+                                  "      - address: 10.0.0.1:80\n"
+                                  "      - &two {address: 10.0.0.2:80, max_connections: 0}\n"
+                                  "    backup:\n"
+                                  "      - address: 10.0.0.3:80\n"
+                                  "        max_connections: 5\n"
+                                  "  b:\n"
+                                  "    servers: [*two, 10.0.0.1:80]\n"
+                                  "    backup: [10.0.0.4:80, 10.0.0.5:80]\n"
+                                  "routes: [{pool: a}]\n");
+    struct sg_pool *a = &c->pools[0], *b = &c->pools[1];
+    assert_int_equal(a->nservers, 3);
+    assert_int_equal(a->nprimary, 2);
+    assert_string_equal(a->servers[0].text, "10.0.0.1:80");
+    assert_string_equal(a->servers[1].text, "10.0.0.2:80");
+    assert_false(a->servers[1].backup);
+    assert_string_equal(a->servers[2].text, "10.0.0.3:80");
+    assert_true(a->servers[2].backup);
+    assert_int_equal(a->servers[2].max_connections, 5);
+    assert_int_equal(a->servers[2].weight, 1);
+    assert_int_equal(b->nservers, 4);
+    assert_int_equal(b->nprimary, 2);
+    assert_string_equal(b->servers[0].text, "10.0.0.2:80");
+    assert_int_equal(b->servers[0].id, a->servers[1].id);
+    assert_int_equal(b->servers[1].id, a->servers[0].id);
+    assert_false(b->servers[1].backup);
+    assert_true(b->servers[2].backup);
+    assert_true(b->servers[3].backup);
+    assert_string_equal(b->servers[3].text, "10.0.0.5:80");
+    sg_config_unref(c);
+
+    /* the same address in two pools is fine (one pool's primary, another's backup) */
+    c = load_ok("listen: 80\npools:\n  a: {servers: [1.1.1.1:1], backup: [2.2.2.2:2]}\n"
+                "  b: {servers: [2.2.2.2:2], backup: [1.1.1.1:1]}\nroutes: [{pool: a}]\n");
+    assert_int_equal(c->pools[0].servers[1].id, c->pools[1].servers[0].id);
+    sg_config_unref(c);
+}
+
+static int balancer_frees;
+
+static void count_free(void *b) {
+    balancer_frees++;
+    free(b);
+}
+
+static void test_balancer_freed(void **state) {
+    (void)state;
+    /* another module hangs its balancer on the pool; the snapshot frees it once */
+    struct sg_config *c = load_ok(pool_example);
+    balancer_frees = 0;
+    c->pools[0].balancer = malloc(16);
+    c->pools[0].balancer_free = count_free;
+    c->pools[1].balancer_free = count_free; /* no balancer: not called */
+    c->pools[2].balancer = &balancer_frees; /* no free function: left alone */
+    sg_config_ref(c);
+    sg_config_unref(c);
+    assert_int_equal(balancer_frees, 0);
+    sg_config_unref(c);
+    assert_int_equal(balancer_frees, 1);
 }
 
 /* ---- errors, one at a time -------------------------------------------------- */
@@ -448,6 +791,219 @@ static const struct err_case error_cases[] = {
     {BASE "    response_timeout: soon\n",
      "t.yaml:5: pools.app.response_timeout: \"soon\" is not a duration"},
     {BASE "    keepalive_timout: 1s\n", "t.yaml:5: pools.app.keepalive_timout: unknown key"},
+    /* pools: server maps and backups */
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {address: 1.2.3.4:5, weight: 0}\n",
+     "t.yaml:5: pools.app.servers[0].weight: \"0\" is out of range (1 to 1000)"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {address: 1.2.3.4:5, weight: 1001}\n",
+     "t.yaml:5: pools.app.servers[0].weight: \"1001\" is out of range (1 to 1000)"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {address: 1.2.3.4:5, weight: heavy}\n",
+     "t.yaml:5: pools.app.servers[0].weight: \"heavy\" is not a whole number"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {address: 1.2.3.4:5, max_connections: 1000001}\n",
+     "t.yaml:5: pools.app.servers[0].max_connections: \"1000001\" is out of range (0 to 1000000)"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {weight: 2}\n",
+     "t.yaml:5: pools.app.servers[0].address: required key is missing"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - 1.2.3.4:5\n      - weight: 2\n        max_connections: 3\n",
+     "t.yaml:6: pools.app.servers[1].address: required key is missing"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {address: 1.2.3.4:5, wieght: 2}\n",
+     "t.yaml:5: pools.app.servers[0].wieght: unknown key"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {address: abc}\n",
+     "t.yaml:5: pools.app.servers[0].address: \"abc\" is not host:port"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - {address: [1.2.3.4:5]}\n",
+     "t.yaml:5: pools.app.servers[0].address: expected host:port, got a list"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      - [1.2.3.4:5]\n",
+     "t.yaml:5: pools.app.servers[0]: expected host:port or a map with address, got a list"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers:\n      -\n",
+     "t.yaml:5: pools.app.servers[0]: has no value (expected host:port)"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [1.2.3.4:5, {address: 1.2.3.4:5}]\n",
+     "t.yaml:4: pools.app.servers[1].address: \"1.2.3.4:5\" is listed twice"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [localhost:9001, 127.0.0.1:9001]\n",
+     "t.yaml:4: pools.app.servers[1]: \"127.0.0.1:9001\" is listed twice (as \"localhost:9001\")"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [127.0.0.1:9001]\n    backup: [127.0.0.1:9001]\n",
+     "t.yaml:5: pools.app.backup[0]: \"127.0.0.1:9001\" is listed twice"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [127.0.0.1:9001]\n    backup: [127.0.0.1:9002, 127.0.0.1:9002]\n",
+     "t.yaml:5: pools.app.backup[1]: \"127.0.0.1:9002\" is listed twice"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [1.2.3.4:5]\n    backup: [\":9001\"]\n",
+     "t.yaml:5: pools.app.backup[0]: \":9001\" has no host to connect to"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [1.2.3.4:5]\n    backup: []\n",
+     "t.yaml:5: pools.app.backup: the list is empty"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [1.2.3.4:5]\n    backup:\n",
+     "t.yaml:5: pools.app.backup: has no value (expected a list of host:port)"},
+    {"listen: 80\npools:\n  app:\n"
+     "    servers: [1.2.3.4:5]\n    backup: {address: 1.2.3.5:5}\n",
+     "t.yaml:5: pools.app.backup: expected host:port or a list of them, got a map"},
+    {"listen: 80\npools:\n  app:\n"
+     "    backup: [1.2.3.4:5]\n",
+     "t.yaml:4: pools.app.servers: required key is missing"},
+    /* pools: balance and hash_key */
+    {BASE "    balance: random\n",
+     "t.yaml:5: pools.app.balance: \"random\" is not a balance algorithm (round_robin, weighted, "
+     "least_conn, p2c, hash)"},
+    {BASE "    balance: Weighted\n",
+     "t.yaml:5: pools.app.balance: \"Weighted\" is not a balance algorithm (round_robin, "
+     "weighted, least_conn, p2c, hash)"},
+    {BASE "    balance: [p2c]\n",
+     "t.yaml:5: pools.app.balance: expected a balance algorithm, got a list"},
+    {BASE "    balance: hash\n",
+     "t.yaml:5: pools.app.hash_key: required with balance: hash (header:NAME, cookie:NAME, "
+     "query:NAME, ip or path)"},
+    {BASE "    hash_key: ip\n",
+     "t.yaml:5: pools.app.hash_key: hash_key needs balance: hash (not round_robin)"},
+    {BASE "    balance: p2c\n    hash_key: ip\n",
+     "t.yaml:6: pools.app.hash_key: hash_key needs balance: hash (not p2c)"},
+    {BASE "    balance: rr\n    hash_key: ip\n", /* one mistake, one message */
+     "t.yaml:5: pools.app.balance: \"rr\" is not a balance algorithm (round_robin, weighted, "
+     "least_conn, p2c, hash)"},
+    {BASE "    hash_fallback: weighted\n",
+     "t.yaml:5: pools.app.hash_fallback: hash_fallback needs balance: hash (not round_robin)"},
+    {BASE "    balance: hash\n    hash_key: ip\n    hash_fallback: hash\n",
+     "t.yaml:7: pools.app.hash_fallback: \"hash\" cannot be the fallback: requests without the "
+     "key have nothing to hash (round_robin, weighted, least_conn, p2c)"},
+    {BASE "    balance: hash\n    hash_key: ip\n    hash_fallback: random\n",
+     "t.yaml:7: pools.app.hash_fallback: \"random\" is not a balance algorithm (round_robin, "
+     "weighted, least_conn, p2c)"},
+    {BASE "    balance: hash\n    hash_key: \"header:\"\n",
+     "t.yaml:6: pools.app.hash_key: \"header:\": the name after \"header:\" must be one or more "
+     "letters, digits or !#$%&'*+-.^_`|~"},
+    {BASE "    balance: hash\n    hash_key: \"cookie:a b\"\n",
+     "t.yaml:6: pools.app.hash_key: \"cookie:a b\": the name after \"cookie:\" must be one or "
+     "more letters, digits or !#$%&'*+-.^_`|~"},
+    {BASE "    balance: hash\n    hash_key: \"query:a=b\"\n",
+     "t.yaml:6: pools.app.hash_key: \"query:a=b\": the name after \"query:\" must be one or more "
+     "letters, digits or !#$%&'*+-.^_`|~"},
+    {BASE "    balance: hash\n    hash_key: host\n",
+     "t.yaml:6: pools.app.hash_key: \"host\" is not a hash key (header:NAME, cookie:NAME, "
+     "query:NAME, ip or path)"},
+    {BASE "    balance: hash\n    hash_key: Header:X\n",
+     "t.yaml:6: pools.app.hash_key: \"Header:X\" is not a hash key (header:NAME, cookie:NAME, "
+     "query:NAME, ip or path)"},
+    {BASE "    balance: hash\n    hash_key: [ip]\n",
+     "t.yaml:6: pools.app.hash_key: expected a hash key, got a list"},
+    {BASE "    balance: hash\n    hash_key:\n",
+     "t.yaml:6: pools.app.hash_key: has no value (expected a hash key)"},
+    /* pools: health */
+    {BASE "    health:\n",
+     "t.yaml:5: pools.app.health: has no value (expected a map; write health: {} to check with "
+     "the defaults)"},
+    {BASE "    health: [1]\n", "t.yaml:5: pools.app.health: expected a map, got a list"},
+    {BASE "    health: on\n", "t.yaml:5: pools.app.health: expected a map, got a string"},
+    {BASE "    health: {checks: 1}\n", "t.yaml:5: pools.app.health.checks: unknown key"},
+    {BASE "    health:\n      method: get\n",
+     "t.yaml:6: pools.app.health.method: \"get\" is not an HTTP method (upper-case letters, such "
+     "as GET or HEAD)"},
+    {BASE "    health:\n      method: \"GE T\"\n",
+     "t.yaml:6: pools.app.health.method: \"GE T\" is not an HTTP method (upper-case letters, "
+     "such as GET or HEAD)"},
+    {BASE "    health:\n      method: \"\"\n",
+     "t.yaml:6: pools.app.health.method: \"\" is not an HTTP method (upper-case letters, such as "
+     "GET or HEAD)"},
+    {BASE "    health:\n      path: health\n",
+     "t.yaml:6: pools.app.health.path: \"health\" must start with '/'"},
+    {BASE "    health:\n      path: \"/a b\"\n",
+     "t.yaml:6: pools.app.health.path: \"/a b\" has a space, a control character or a non-ASCII "
+     "byte (percent-encode them)"},
+    {BASE "    health:\n      path: \"/\\u00e9\"\n",
+     "t.yaml:6: pools.app.health.path: \"/\xc3\xa9\" has a space, a control character or a "
+     "non-ASCII byte (percent-encode them)"},
+    {BASE "    health:\n      host: \"a\\r\\nX: y\"\n",
+     "t.yaml:6: pools.app.health.host: \"a\\x0d\\x0aX: y\" is not a Host header value (no spaces "
+     "or control characters)"},
+    {BASE "    health:\n      expect: 2xx\n",
+     "t.yaml:6: pools.app.health.expect: \"2xx\" is not a status or a range of statuses (such as "
+     "200-399)"},
+    {BASE "    health:\n      expect: \"-200\"\n",
+     "t.yaml:6: pools.app.health.expect: \"-200\" is not a status or a range of statuses (such as "
+     "200-399)"},
+    {BASE "    health:\n      expect: 200-\n",
+     "t.yaml:6: pools.app.health.expect: \"200-\" is not a status or a range of statuses (such as "
+     "200-399)"},
+    {BASE "    health:\n      expect: 200-299-399\n",
+     "t.yaml:6: pools.app.health.expect: \"200-299-399\" is not a status or a range of statuses "
+     "(such as 200-399)"},
+    {BASE "    health:\n      expect: 600\n",
+     "t.yaml:6: pools.app.health.expect: \"600\" is out of range (100 to 599)"},
+    {BASE "    health:\n      expect: 99-200\n",
+     "t.yaml:6: pools.app.health.expect: \"99-200\" is out of range (100 to 599)"},
+    {BASE "    health:\n      expect: 399-200\n",
+     "t.yaml:6: pools.app.health.expect: \"399-200\" is an empty range (write the lower status "
+     "first)"},
+    {BASE "    health:\n      interval: 0\n",
+     "t.yaml:6: pools.app.health.interval: \"0\" is out of range (1ms to 365d)"},
+    {BASE "    health:\n      timeout: 0s\n",
+     "t.yaml:6: pools.app.health.timeout: \"0s\" is out of range (1ms to 365d)"},
+    {BASE "    health:\n      timeout: 1.5s\n",
+     "t.yaml:6: pools.app.health.timeout: \"1.5s\" is not a duration"},
+    {BASE "    health:\n      rise: 0\n",
+     "t.yaml:6: pools.app.health.rise: \"0\" is out of range (1 to 100)"},
+    {BASE "    health:\n      fall: 101\n",
+     "t.yaml:6: pools.app.health.fall: \"101\" is out of range (1 to 100)"},
+    {BASE "    health:\n      fall: x\n",
+     "t.yaml:6: pools.app.health.fall: \"x\" is not a whole number"},
+    /* pools: outlier */
+    {BASE "    outlier: {consecutive_errors: 1001}\n",
+     "t.yaml:5: pools.app.outlier.consecutive_errors: \"1001\" is out of range (0 to 1000)"},
+    {BASE "    outlier: {consecutive_5xx: -1}\n",
+     "t.yaml:5: pools.app.outlier.consecutive_5xx: \"-1\" is not a whole number"},
+    {BASE "    outlier: {base_ejection: 0}\n",
+     "t.yaml:5: pools.app.outlier.base_ejection: \"0\" is out of range (1ms to 365d)"},
+    {BASE "    outlier:\n      max_ejection: 5s\n",
+     "t.yaml:6: pools.app.outlier.max_ejection: max_ejection (5s) is less than base_ejection "
+     "(10s)"},
+    {BASE "    outlier:\n      base_ejection: 10m\n",
+     "t.yaml:6: pools.app.outlier.base_ejection: max_ejection (5m) is less than base_ejection "
+     "(10m)"},
+    {BASE "    outlier:\n      base_ejection: 1h\n      max_ejection: 1500ms\n",
+     "t.yaml:7: pools.app.outlier.max_ejection: max_ejection (1500ms) is less than "
+     "base_ejection (1h)"},
+    {BASE "    outlier:\n      base_ejection: x\n      max_ejection: 1s\n",
+     "t.yaml:6: pools.app.outlier.base_ejection: \"x\" is not a duration"},
+    {BASE "    outlier: {max_ejection_percent: 101}\n",
+     "t.yaml:5: pools.app.outlier.max_ejection_percent: \"101\" is out of range (0% to 100%)"},
+    {BASE "    outlier: {max_ejection_percent: 50%%}\n",
+     "t.yaml:5: pools.app.outlier.max_ejection_percent: \"50%%\" is not a percentage"},
+    {BASE "    outlier: {ejection: 1s}\n", "t.yaml:5: pools.app.outlier.ejection: unknown key"},
+    {BASE "    outlier: 5\n", "t.yaml:5: pools.app.outlier: expected a map, got a string"},
+    /* pools: retry, slow start, queue */
+    {BASE "    retry: {attempts: 0}\n",
+     "t.yaml:5: pools.app.retry.attempts: \"0\" is out of range (1 to 10)"},
+    {BASE "    retry: {attempts: 11}\n",
+     "t.yaml:5: pools.app.retry.attempts: \"11\" is out of range (1 to 10)"},
+    {BASE "    retry: {budget: 120%}\n",
+     "t.yaml:5: pools.app.retry.budget: \"120%\" is out of range (0% to 100%)"},
+    {BASE "    retry: {budget: \"20 %\"}\n",
+     "t.yaml:5: pools.app.retry.budget: \"20 %\" is not a percentage"},
+    {BASE "    retry: {budget: \"%\"}\n",
+     "t.yaml:5: pools.app.retry.budget: \"%\" is not a percentage"},
+    {BASE "    retry: {budget: 0.5}\n",
+     "t.yaml:5: pools.app.retry.budget: \"0.5\" is not a percentage"},
+    {BASE "    retry: {buffer: 65m}\n",
+     "t.yaml:5: pools.app.retry.buffer: \"65m\" is out of range (0 to 64m)"},
+    {BASE "    retry: {tries: 2}\n", "t.yaml:5: pools.app.retry.tries: unknown key"},
+    {BASE "    retry: [1]\n", "t.yaml:5: pools.app.retry: expected a map, got a list"},
+    {BASE "    slow_start: soon\n", "t.yaml:5: pools.app.slow_start: \"soon\" is not a duration"},
+    {BASE "    slow_start: 366d\n",
+     "t.yaml:5: pools.app.slow_start: \"366d\" is out of range (0 to 365d)"},
+    {BASE "    queue_size: 1000001\n",
+     "t.yaml:5: pools.app.queue_size: \"1000001\" is out of range (0 to 1000000)"},
+    {BASE "    queue_timeout: 0\n",
+     "t.yaml:5: pools.app.queue_timeout: \"0\" is out of range (1ms to 365d)"},
     /* routes */
     {BASE "routes:\n  - match: {path_prefix: /}\n    pool: ap\n",
      "t.yaml:7: routes[0].pool: no pool named \"ap\""},
@@ -482,6 +1038,20 @@ static const struct err_case error_cases[] = {
     {BASE "routes: []\n", "t.yaml:5: routes: the list is empty (every request would get 404)"},
     {"listen: 80\npools:\n  a: {servers: [1.2.3.4:5]}\n  b: {servers: [1.2.3.4:6]}\n",
      "t.yaml:1: routes: required when there is more than one pool"},
+    {BASE "routes:\n  - pool: app\n    read_pool: nope\n",
+     "t.yaml:7: routes[0].read_pool: no pool named \"nope\""},
+    {BASE "routes:\n  - pool: app\n    read_pool: [app]\n",
+     "t.yaml:7: routes[0].read_pool: expected a pool name, got a list"},
+    {BASE "routes:\n  - pool: app\n    read_pool:\n",
+     "t.yaml:7: routes[0].read_pool: has no value (expected a pool name)"},
+    {BASE "routes:\n  - read_pool: app\n", "t.yaml:6: routes[0].pool: required key is missing"},
+    {BASE "routes:\n  - pool: app\n    retryable: maybe\n",
+     "t.yaml:7: routes[0].retryable: \"maybe\" is not true or false"},
+    {BASE "routes:\n  - pool: app\n    retryable: 1\n",
+     "t.yaml:7: routes[0].retryable: \"1\" is not true or false"},
+    {BASE "routes:\n  - pool: app\n    retryable:\n",
+     "t.yaml:7: routes[0].retryable: has no value (expected true or false)"},
+    {BASE "routes:\n  - pool: app\n    retry: true\n", "t.yaml:7: routes[0].retry: unknown key"},
 };
 
 static void test_errors_one_by_one(void **state) {
@@ -528,6 +1098,45 @@ static void test_errors_collected(void **state) {
         "t.yaml:13: pools.app.keepalive: \"lots\" is not a whole number",
         "t.yaml:15: pools.web.servers: the list is empty",
         "t.yaml:16: extra: unknown key",
+    };
+    expect_errors(yaml, want, N(want));
+}
+
+static void test_pool_errors_collected(void **state) {
+    (void)state;
+    /* every mistake in a pool at once; two on one line keep the order they were found in */
+    static const char yaml[] = "listen: 80\n"                             /* 1 */
+                               "pools:\n"                                 /* 2 */
+                               "  app:\n"                                 /* 3 */
+                               "    servers:\n"                           /* 4 */
+                               "      - {address: abc, weight: 0}\n"      /* 5 */
+                               "      - 1.2.3.4:5\n"                      /* 6 */
+                               "    backup: [1.2.3.4:5]\n"                /* 7 */
+                               "    balance: hash\n"                      /* 8 */
+                               "    health:\n"                            /* 9 */
+                               "      rise: 0\n"                          /* 10 */
+                               "      expect: 500-400\n"                  /* 11 */
+                               "    outlier: {max_ejection: 1s}\n"        /* 12 */
+                               "    retry: {attempts: 20, budget: 101}\n" /* 13 */
+                               "routes:\n"                                /* 14 */
+                               "  - pool: app\n"                          /* 15 */
+                               "    read_pool: ghost\n"                   /* 16 */
+                               "    retryable: perhaps\n";                /* 17 */
+    static const char *const want[] = {
+        "t.yaml:5: pools.app.servers[0].weight: \"0\" is out of range (1 to 1000)",
+        "t.yaml:5: pools.app.servers[0].address: \"abc\" is not host:port",
+        "t.yaml:7: pools.app.backup[0]: \"1.2.3.4:5\" is listed twice",
+        ("t.yaml:8: pools.app.hash_key: required with balance: hash (header:NAME, cookie:NAME, "
+         "query:NAME, ip or path)"),
+        "t.yaml:10: pools.app.health.rise: \"0\" is out of range (1 to 100)",
+        "t.yaml:11: pools.app.health.expect: \"500-400\" is an empty range (write the lower "
+        "status first)",
+        "t.yaml:12: pools.app.outlier.max_ejection: max_ejection (1s) is less than base_ejection "
+        "(10s)",
+        "t.yaml:13: pools.app.retry.attempts: \"20\" is out of range (1 to 10)",
+        "t.yaml:13: pools.app.retry.budget: \"101\" is out of range (0% to 100%)",
+        "t.yaml:16: routes[0].read_pool: no pool named \"ghost\"",
+        "t.yaml:17: routes[0].retryable: \"perhaps\" is not true or false",
     };
     expect_errors(yaml, want, N(want));
 }
@@ -729,13 +1338,24 @@ static void test_server_ids_stable(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_example),      cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_variants),          cmocka_unit_test(test_demo_file),
-        cmocka_unit_test(test_load_file),         cmocka_unit_test(test_errors_one_by_one),
-        cmocka_unit_test(test_errors_collected),  cmocka_unit_test(test_errors_capped),
-        cmocka_unit_test(test_error_quoting),     cmocka_unit_test(test_route_matching),
-        cmocka_unit_test(test_refcount),          cmocka_unit_test(test_refcount_threads),
+        cmocka_unit_test(test_full_example),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_variants),
+        cmocka_unit_test(test_demo_file),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_errors_one_by_one),
+        cmocka_unit_test(test_errors_collected),
+        cmocka_unit_test(test_errors_capped),
+        cmocka_unit_test(test_error_quoting),
+        cmocka_unit_test(test_route_matching),
+        cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_refcount_threads),
         cmocka_unit_test(test_server_ids_stable),
+        cmocka_unit_test(test_pool_example),
+        cmocka_unit_test(test_balance_and_hash_keys),
+        cmocka_unit_test(test_server_forms),
+        cmocka_unit_test(test_balancer_freed),
+        cmocka_unit_test(test_pool_errors_collected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
