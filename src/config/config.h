@@ -103,6 +103,7 @@ struct sg_pool {
     _Atomic uint64_t budget_window; /* start of the current 10 s window, ms */
     _Atomic uint32_t budget_requests;
     _Atomic uint32_t budget_retries;
+    _Atomic uint32_t queued; /* requests waiting in the queue, all workers (mutable) */
     _Atomic uint32_t rr;       /* round-robin cursor (mutable) */
 };
 

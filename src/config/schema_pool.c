@@ -26,18 +26,19 @@
 
 /* ---- numeric keys ------------------------------------------------------- */
 
-#define YEAR SG__CFG_YEAR_MS
+#define YEAR_MS SG__CFG_YEAR_MS
 
 static const struct sg__cfg_field pool_fields[] = {
-    {"connect_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_pool, connect_timeout_ms), 1, YEAR},
+    {"connect_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_pool, connect_timeout_ms), 1,
+     YEAR_MS},
     {"response_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_pool, response_timeout_ms), 1,
-     YEAR},
+     YEAR_MS},
     {"keepalive", SG__CFG_COUNT, 4, offsetof(struct sg_pool, keepalive), 0, 10000},
     {"keepalive_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_pool, keepalive_timeout_ms), 1,
-     YEAR},
-    {"slow_start", SG__CFG_DURATION, 8, offsetof(struct sg_pool, slow_start_ms), 0, YEAR},
+     YEAR_MS},
+    {"slow_start", SG__CFG_DURATION, 8, offsetof(struct sg_pool, slow_start_ms), 0, YEAR_MS},
     {"queue_size", SG__CFG_COUNT, 4, offsetof(struct sg_pool, queue_size), 0, 1000000},
-    {"queue_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_pool, queue_timeout_ms), 1, YEAR},
+    {"queue_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_pool, queue_timeout_ms), 1, YEAR_MS},
 };
 #define NPOOLF (sizeof(pool_fields) / sizeof(pool_fields[0]))
 
@@ -48,8 +49,8 @@ static const struct sg__cfg_field server_fields[] = {
 #define NSERVERF (sizeof(server_fields) / sizeof(server_fields[0]))
 
 static const struct sg__cfg_field health_fields[] = {
-    {"interval", SG__CFG_DURATION, 8, offsetof(struct sg_health_cfg, interval_ms), 1, YEAR},
-    {"timeout", SG__CFG_DURATION, 8, offsetof(struct sg_health_cfg, timeout_ms), 1, YEAR},
+    {"interval", SG__CFG_DURATION, 8, offsetof(struct sg_health_cfg, interval_ms), 1, YEAR_MS},
+    {"timeout", SG__CFG_DURATION, 8, offsetof(struct sg_health_cfg, timeout_ms), 1, YEAR_MS},
     {"rise", SG__CFG_COUNT, 4, offsetof(struct sg_health_cfg, rise), 1, 100},
     {"fall", SG__CFG_COUNT, 4, offsetof(struct sg_health_cfg, fall), 1, 100},
 };
@@ -64,9 +65,9 @@ static const struct sg__cfg_field outlier_fields[] = {
     {"consecutive_5xx", SG__CFG_COUNT, 4, offsetof(struct sg_outlier_cfg, consecutive_5xx), 0,
      1000},
     {"base_ejection", SG__CFG_DURATION, 8, offsetof(struct sg_outlier_cfg, base_ejection_ms), 1,
-     YEAR},
+     YEAR_MS},
     {"max_ejection", SG__CFG_DURATION, 8, offsetof(struct sg_outlier_cfg, max_ejection_ms), 1,
-     YEAR},
+     YEAR_MS},
     {"max_ejection_percent", SG__CFG_PERCENT, 4,
      offsetof(struct sg_outlier_cfg, max_ejection_percent), 0, 100},
 };

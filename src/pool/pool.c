@@ -64,19 +64,22 @@ static int pick_range(const struct sg_pool *pool, size_t from, size_t to,
     size_t n = to - from;
     if (n > SG_POOL_MAX)
         n = SG_POOL_MAX;
-    bool any = false;
+    bool any = false, full = false;
     for (size_t k = 0; k < n; k++) {
         const struct sg_server *srv = &pool->servers[from + k];
         const struct sg_server_state *st = sg_server_state(srv->id);
         size_t i = from + k;
         c[k].inflight = atomic_load_explicit(&st->inflight, memory_order_relaxed);
         c[k].weight = sg_server_effective_weight(st, srv->weight, pool->slow_start_ms, now);
-        c[k].usable = sg_server_usable(st, now) && !(i < 64 && (tried >> i) & 1) &&
-                      (srv->max_connections == 0 || c[k].inflight < srv->max_connections);
+        c[k].usable = sg_server_usable(st, now) && !(i < 64 && (tried >> i) & 1);
+        if (c[k].usable && srv->max_connections && c[k].inflight >= srv->max_connections) {
+            c[k].usable = false;
+            full = true;
+        }
         any |= c[k].usable;
     }
     if (!any)
-        return -1;
+        return full ? SG_POOL_FULL : -1;
     int r = run_algo(pool, pool->balance, from > 0, key, c, n, rnd);
     return r < 0 ? -1 : (int)from + r;
 }
@@ -85,7 +88,7 @@ int sg_pool_pick(const struct sg_pool *pool, const struct sg_pick_key *key, uint
                  uint64_t rnd) {
     uint64_t now = sg_state_now();
     int r = pick_range(pool, 0, pool->nprimary, key, tried, rnd, now);
-    if (r < 0 && pool->nservers > pool->nprimary)
+    if (r == -1 && pool->nservers > pool->nprimary)
         r = pick_range(pool, pool->nprimary, pool->nservers, key, tried, rnd, now);
     return r;
 }
@@ -107,7 +110,12 @@ static void eject(const struct sg_pool *pool, const struct sg_server *srv,
     uint64_t now = sg_state_now();
     if (atomic_load(&st->ejected_until) > now)
         return; /* already out */
+    /* As Envoy does: the share is rounded down, but one server may always be
+     * ejected (unless the share is 0), so that a pool of one or two can
+     * still shed a broken server while backups or retries cover it. */
     size_t limit = pool->nservers * o->max_ejection_percent / 100;
+    if (limit == 0 && o->max_ejection_percent > 0)
+        limit = 1;
     if (ejected_count(pool, now) + 1 > limit) {
         sg_log_warn("pool %s: server %s would be ejected (%u %s in a row) but "
                     "max_ejection_percent (%u%%) is reached",

@@ -31,8 +31,11 @@ struct sg_pick_key {
 /*
  * Picks a server index of pool (into pool->servers), avoiding the indexes
  * set in tried (bit i = server i, for i < 64). Returns -1 when no server is
- * usable. rnd is a fresh random number from the caller.
+ * usable, SG_POOL_FULL when some are usable but all of those are at their
+ * max_connections (the request may wait in the queue). rnd is a fresh
+ * random number from the caller.
  */
+#define SG_POOL_FULL (-2)
 int sg_pool_pick(const struct sg_pool *pool, const struct sg_pick_key *key, uint64_t tried,
                  uint64_t rnd);
 

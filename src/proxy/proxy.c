@@ -42,8 +42,19 @@ static void uncount(struct sg_exchange *ex) {
     }
 }
 
+static void dequeue(struct sg_worker *w, struct sg_exchange *ex) {
+    if (!ex->queued)
+        return;
+    ex->queued = 0;
+    sg_list_remove(&ex->qlink);
+    atomic_fetch_sub_explicit(&((struct sg_pool *)ex->pool)->queued, 1, memory_order_relaxed);
+    if (sg_list_empty(&w->waiting))
+        uv_check_stop(&w->waiting_check);
+}
+
 /* Frees ex; its upstream must already be released or closed. */
 static void ex_free(struct sg_worker *w, struct sg_exchange *ex) {
+    dequeue(w, ex);
     uncount(ex);
     sg_buf_put(ex->head);
     sg_buf_put(ex->replay);
@@ -78,6 +89,7 @@ void sg_proxy_abort(struct sg_conn *c) {
     struct sg_exchange *ex = c->ex;
     if (!ex)
         return;
+    dequeue(c->w, ex);
     if (ex->up) {
         sg__upstream_close(ex->up);
         ex->up = NULL;
@@ -354,7 +366,19 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
     struct sg_pick_key key = {.has_key = has_key, .key_hash = key_hash};
     sg_pool_count_request(pool);
     int i = sg_pool_pick(pool, &key, 0, sg_worker_random(w));
-    if (i < 0) {
+    bool wait = false;
+    if (i == SG_POOL_FULL) {
+        /* Every usable server is at its max_connections: wait in the queue
+         * if there is room (503 otherwise, like when none is usable). */
+        uint32_t q = atomic_fetch_add(&((struct sg_pool *)pool)->queued, 1);
+        if (q >= pool->queue_size) {
+            atomic_fetch_sub(&((struct sg_pool *)pool)->queued, 1);
+            sg_log_warn("pool %s: all servers at max_connections and the queue is full (%u)",
+                        pool->name, pool->queue_size);
+            return 503;
+        }
+        wait = true;
+    } else if (i < 0) {
         sg_log_warn("pool %s: no server available", pool->name);
         return 503;
     }
@@ -362,10 +386,17 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
     ex->client = c;
     ex->cfg = sg_config_ref(w->cfg);
     ex->pool = pool;
-    ex->server_idx = (uint32_t)i;
-    ex->server = &pool->servers[i];
-    ex->tried = i < 64 ? 1ull << i : 0;
-    ex->attempts = 1;
+    if (wait) {
+        ex->queued = 1;
+        sg_list_insert_tail(&w->waiting, &ex->qlink);
+        if (!uv_is_active((uv_handle_t *)&w->waiting_check))
+            uv_check_start(&w->waiting_check, sg_proxy_queue_run);
+    } else {
+        ex->server_idx = (uint32_t)i;
+        ex->server = &pool->servers[i];
+        ex->tried = i < 64 ? 1ull << i : 0;
+        ex->attempts = 1;
+    }
     ex->has_key = has_key;
     ex->key_hash = key_hash;
     int m = msg->method_id;
@@ -382,7 +413,7 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
         ex->req_left = msg->content_length;
     else if (msg->body == SG_BODY_CHUNKED)
         sg_http_chunked_init(&ex->req_ch, ex->cfg->limits.max_body_bytes, 16384);
-    ex->head = sg__request_head(c, msg, ex->server, msg->upgrade, msg->expect_continue);
+    ex->head = sg__request_head(c, msg, &pool->servers[0], msg->upgrade, msg->expect_continue);
     if (!ex->head) {
         ex_free(w, ex);
         return 431;
@@ -404,8 +435,35 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
             return 0;
         }
     }
-    attach_upstream(ex);
+    if (ex->queued)
+        c->deadline = now_ms(ex) + pool->queue_timeout_ms;
+    else
+        attach_upstream(ex);
     return 0;
+}
+
+void sg_proxy_queue_run(uv_check_t *h) {
+    struct sg_worker *w = h->data;
+    struct sg_list *head = &w->waiting;
+    for (struct sg_list *it = head->next, *next; it != head; it = next) {
+        next = it->next;
+        struct sg_exchange *ex = sg_container_of(it, struct sg_exchange, qlink);
+        struct sg_pick_key key = {.has_key = ex->has_key, .key_hash = ex->key_hash};
+        int i = sg_pool_pick(ex->pool, &key, 0, sg_worker_random(w));
+        if (i == SG_POOL_FULL)
+            continue;
+        dequeue(w, ex);
+        if (i < 0) {
+            sg_log_warn("pool %s: no server available for a queued request", ex->pool->name);
+            fail(ex, 503);
+            continue;
+        }
+        ex->server_idx = (uint32_t)i;
+        ex->server = &ex->pool->servers[i];
+        ex->tried = i < 64 ? 1ull << i : 0;
+        ex->attempts = 1;
+        attach_upstream(ex);
+    }
 }
 
 void sg__proxy_connected(struct sg_exchange *ex, int status) {
@@ -747,6 +805,12 @@ void sg_proxy_client_written(struct sg_conn *c, int status) {
 
 void sg_proxy_timeout(struct sg_conn *c) {
     struct sg_exchange *ex = c->ex;
+    if (ex && ex->queued) {
+        sg_log_warn("pool %s: request waited queue_timeout (%llu ms) for a server", ex->pool->name,
+                    (unsigned long long)ex->pool->queue_timeout_ms);
+        fail(ex, 503);
+        return;
+    }
     if (!ex || c->state == SG_CONN_TUNNEL || ex->resp_started) {
         sg_log_info("conn %u.%u: timed out", c->w->index, c->id);
         sg_conn_close(c);

@@ -30,6 +30,8 @@ void sg_proxy_client_data(struct sg_conn *c);
 bool sg_proxy_request_sent(const struct sg_conn *c);
 /* A queued write to the client finished (status < 0: failed). */
 void sg_proxy_client_written(struct sg_conn *c, int status);
+/* Gives queued requests of w the servers that became free (uv_check callback). */
+void sg_proxy_queue_run(uv_check_t *h);
 /* c's deadline passed while in SG_CONN_PROXY or SG_CONN_TUNNEL. */
 void sg_proxy_timeout(struct sg_conn *c);
 /* The client connection is closing: drop the exchange and its upstream. */

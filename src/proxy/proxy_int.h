@@ -40,6 +40,7 @@ struct sg_upstream {
  * exchange is aborted. Holds a reference on the config snapshot. */
 struct sg_exchange {
     struct sg_exchange *next_free;
+    struct sg_list qlink; /* in w->waiting while queued */
     struct sg_conn *client; /* NULL once the client went away */
     struct sg_upstream *up; /* NULL while none attached */
     struct sg_config *cfg;
@@ -78,6 +79,7 @@ struct sg_exchange {
     uint8_t replayable : 1;     /* every body byte sent so far is in replay */
     uint8_t replay_sent : 1;    /* replay written to the current upstream */
     uint8_t counted : 1;        /* server's inflight counts this request */
+    uint8_t queued : 1;         /* waiting in w->waiting for a server (server is NULL) */
 };
 
 /* upstream.c */

@@ -89,6 +89,8 @@ struct sg_worker {
     bool finished;
     uint64_t rng[2];
     struct sg_exchange *free_exchanges;
+    struct sg_list waiting;   /* exchanges queued for a server under max_connections */
+    uv_check_t waiting_check; /* active while waiting is not empty (proxy.c) */
     struct sg_http_header headers[SG_MAX_HEADERS]; /* parser scratch */
 
     /* Commands, set by the main thread under cmd_lock, then async sent. */

@@ -153,6 +153,7 @@ void sg_worker_maybe_finish(struct sg_worker *w) {
     uv_mutex_unlock(&w->cmd_lock);
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_close((uv_handle_t *)&w->sweep, NULL);
+    uv_close((uv_handle_t *)&w->waiting_check, NULL);
 }
 
 static void start_draining(struct sg_worker *w) {
@@ -322,6 +323,9 @@ int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done
         }
         uv_async_init(&w->loop, &w->async, on_command);
         w->async.data = w;
+        sg_list_init(&w->waiting);
+        uv_check_init(&w->loop, &w->waiting_check);
+        w->waiting_check.data = w;
         uv_timer_init(&w->loop, &w->sweep);
         w->sweep.data = w;
         uv_timer_start(&w->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
