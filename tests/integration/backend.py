@@ -43,6 +43,11 @@ Behaviour, selected by the request path (query string after "?"):
 Keep-alive and pipelining are supported (requests on a connection are
 handled in order). --idle-close-ms N: close a keep-alive connection after N
 ms without a new request (like a backend with a short keep-alive timeout).
+Whole-backend modes (for the pool tests): --status N answers every echo
+(default path, /delay, ...) with status N instead of 200 (X-Backend still
+set); --blackhole accepts, reads and logs every request and never answers
+(like /silent for every path). --port N binds that port (SO_REUSEADDR, so
+a killed backend can be restarted on its port).
 """
 import argparse
 import base64
@@ -151,11 +156,13 @@ class Reader:
 
 
 class Backend:
-    def __init__(self, name, log_path, delay_ms, idle_close_ms=0):
+    def __init__(self, name, log_path, delay_ms, idle_close_ms=0, status=0, blackhole=False):
         self.name = name
         self.log_path = log_path
         self.delay_ms = delay_ms
         self.idle_close_ms = idle_close_ms
+        self.status = status
+        self.blackhole = blackhole
         self.lock = threading.Lock()
         self.next_conn = 0
 
@@ -326,7 +333,7 @@ class Backend:
         status = "200 OK"
         ctype = "application/json"
 
-        if path == "/silent":
+        if path == "/silent" or self.blackhole:
             # Never answer; wait for the peer to go away (bounded).
             s.settimeout(120)
             try:
@@ -427,6 +434,8 @@ class Backend:
                       "Keep-Alive: timeout=5", "Proxy-Connection: keep-alive",
                       "X-Visible: yes"]
 
+        if self.status:
+            status = "%d Status %d" % (self.status, self.status)
         echo = {k: rec[k] for k in ("backend", "conn", "seq", "method", "target", "version",
                                     "headers", "body_len", "body_sha256", "body",
                                     "chunked", "trailers")}
@@ -475,13 +484,15 @@ def main():
     ap.add_argument("--log", default=os.devnull)
     ap.add_argument("--delay-ms", type=int, default=0)
     ap.add_argument("--idle-close-ms", type=int, default=0)
+    ap.add_argument("--status", type=int, default=0)
+    ap.add_argument("--blackhole", action="store_true")
     a = ap.parse_args()
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind(("127.0.0.1", a.port))
     lsock.listen(256)
     print("PORT %d" % lsock.getsockname()[1], flush=True)
-    Backend(a.name, a.log, a.delay_ms, a.idle_close_ms).serve(lsock)
+    Backend(a.name, a.log, a.delay_ms, a.idle_close_ms, a.status, a.blackhole).serve(lsock)
 
 
 if __name__ == "__main__":

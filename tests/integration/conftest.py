@@ -4,7 +4,9 @@
 - backend(name=..., delay_ms=...): starts tests/integration/backend.py (a
   Python HTTP/1.1 server we control) on its own port; returns a
   BackendProc with .port, .addr and .requests()/.heads()/.accepts() reading
-  the JSON-lines log of what reached it.
+  the JSON-lines log of what reached it. Also port=N (restart on a known
+  port), status=N (answer everything with N), blackhole=True (never
+  answer); .pid and .kill() (SIGKILL) for failover tests.
 - gateway(pools=..., routes=..., limits=..., workers=2): writes a YAML
   config into tmp_path, starts $SCALEGATE_BIN -c it (stderr captured to a
   file), waits until the port accepts. On teardown: SIGTERM, wait (kill
@@ -86,17 +88,23 @@ def tail(text, n=60):
 
 
 class BackendProc:
-    def __init__(self, tmp_path, name, delay_ms=0, idle_close_ms=0):
+    def __init__(self, tmp_path, name, delay_ms=0, idle_close_ms=0, port=0, status=0,
+                 blackhole=False):
         self.name = name
         self.log_path = tmp_path / ("backend-%s.jsonl" % name)
         self.err_path = tmp_path / ("backend-%s.err" % name)
         self.log_path.write_text("")
         self.err = open(self.err_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "backend.py"), "--name", name,
-             "--log", str(self.log_path), "--delay-ms", str(delay_ms),
-             "--idle-close-ms", str(idle_close_ms)],
-            stdout=subprocess.PIPE, stderr=self.err)
+        args = [sys.executable, str(HERE / "backend.py"), "--name", name,
+                "--log", str(self.log_path), "--delay-ms", str(delay_ms),
+                "--idle-close-ms", str(idle_close_ms)]
+        if port:
+            args += ["--port", str(port)]
+        if status:
+            args += ["--status", str(status)]
+        if blackhole:
+            args.append("--blackhole")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.err)
         r, _, _ = select.select([self.proc.stdout], [], [], 10)
         line = self.proc.stdout.readline().decode() if r else ""
         if not line.startswith("PORT "):
@@ -131,6 +139,16 @@ class BackendProc:
     def closes(self):
         return self.records("closed")
 
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def kill(self):
+        """SIGKILL (a crash: the kernel closes its sockets), then reap."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -148,9 +166,9 @@ class BackendProc:
 def backend(tmp_path):
     started = []
 
-    def make(name=None, delay_ms=0, idle_close_ms=0):
+    def make(name=None, delay_ms=0, idle_close_ms=0, port=0, status=0, blackhole=False):
         name = name or "b%d" % (len(started) + 1)
-        b = BackendProc(tmp_path, name, delay_ms, idle_close_ms)
+        b = BackendProc(tmp_path, name, delay_ms, idle_close_ms, port, status, blackhole)
         started.append(b)
         return b
 
@@ -173,15 +191,55 @@ def _server_addr(s):
 
 def _flow(v):
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(str(x) for x in v) + "]"
+        return "[" + ", ".join(_scalar(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join("%s: %s" % (k, _flow(x)) for k, x in v.items()) + " }"
+    return _scalar(v)
+
+
+def _scalar(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, BackendProc):
+        return v.addr
     return str(v)
+
+
+def _server_item(s):
+    """A server list entry: an address, or a map ({"address": BackendProc or
+    port or "host:port", "weight": 3, ...})."""
+    if isinstance(s, dict):
+        return dict(s, address=_server_addr(s["address"]))
+    return _server_addr(s)
+
+
+def _yaml_lines(key, v, indent):
+    """key: v as YAML lines at indent spaces. dict -> a block map (nested),
+    list of scalars -> a flow list, list with maps -> a block list of flow
+    maps; servers/backup entries are server items."""
+    pad = " " * indent
+    if key in ("servers", "backup"):
+        items = v if isinstance(v, (list, tuple)) else [v]
+        items = [_server_item(x) for x in items]
+        v = items
+    if isinstance(v, dict):
+        out = ["%s%s:" % (pad, key)]
+        for k, x in v.items():
+            out += _yaml_lines(k, x, indent + 2)
+        return out
+    if isinstance(v, (list, tuple)) and any(isinstance(x, dict) for x in v):
+        return ["%s%s:" % (pad, key)] + ["%s  - %s" % (pad, _flow(x)) for x in v]
+    return ["%s%s: %s" % (pad, key, _flow(v))]
 
 
 def render_config(port, pools, routes=None, limits=None, workers=2):
     """YAML text in the style of the spec. pools: {name: servers or
     {"servers": [...], option: value}} where a server is a BackendProc,
-    a port number or "host:port". routes: [{"match": {...}, "pool": name}];
-    default: everything ("path_prefix: /") to the first pool."""
+    a port number, "host:port" or a map {"address": one of those, "weight":
+    N, ...}; an option's value may be a scalar, a list or a nested dict
+    (health: {...}, outlier: {...}, backup: [...]). routes: [{"match": {...},
+    "pool": name, other_key: value}]; default: everything ("path_prefix: /")
+    to the first pool."""
     out = ["listen: 127.0.0.1:%d" % port, "workers: %s" % workers]
     if limits:
         out.append("limits:")
@@ -195,10 +253,10 @@ def render_config(port, pools, routes=None, limits=None, workers=2):
         if not isinstance(servers, (list, tuple)):
             servers = [servers]
         out.append("  %s:" % name)
-        out.append("    servers: [%s]" % ", ".join(_server_addr(s) for s in servers))
+        out += _yaml_lines("servers", list(servers), 4)
         for k, v in p.items():
             if k != "servers":
-                out.append("    %s: %s" % (k, v))
+                out += _yaml_lines(k, v, 4)
     if routes is None:
         routes = [{"match": {"path_prefix": "/"}, "pool": next(iter(pools))}]
     out.append("routes:")
@@ -206,6 +264,9 @@ def render_config(port, pools, routes=None, limits=None, workers=2):
         m = r.get("match") or {}
         out.append("  - match: { %s }" % ", ".join("%s: %s" % (k, _flow(v)) for k, v in m.items()))
         out.append("    pool: %s" % r["pool"])
+        for k, v in r.items():
+            if k not in ("match", "pool"):
+                out += _yaml_lines(k, v, 4)
     return "\n".join(out) + "\n"
 
 
