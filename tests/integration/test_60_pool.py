@@ -603,3 +603,50 @@ def test_upstream_errors_no_fd_or_memory_growth(gateway, backend):
     assert settled, "gateway fds %d -> %d after 2400 failed requests" % (fd0, fd1)
     assert rss1 - rss0 <= 3 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
     assert gw.running()
+
+
+def test_max_connections_queue(gateway, backend):
+    """One request at a time to the server: the next two wait in the queue
+    and are served in turn; beyond queue_size the answer is 503 at once."""
+    slow = backend("SLOW", delay_ms=400)
+    gw = gateway(pools={"app": {"servers": [{"address": slow, "max_connections": 1}],
+                                "queue_size": 2, "queue_timeout": "5s"}}, workers=1)
+    results = []
+    lock = threading.Lock()
+
+    def one(i):
+        t0 = time.monotonic()
+        r = get(gw.port, "/q-%d" % i, timeout=20)
+        with lock:
+            results.append((r.status, r.header("retry-after"), time.monotonic() - t0))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)  # in order: 1 runs, 2 wait, 2 are turned away
+    for t in threads:
+        t.join()
+    ok = sorted(x[2] for x in results if x[0] == 200)
+    busy = [x for x in results if x[0] == 503]
+    assert len(ok) == 3 and len(busy) == 2, results
+    assert all(x[1] is not None and x[2] < 0.35 for x in busy), busy
+    # served one after another: the third waited for two delays
+    assert ok[2] >= 0.75, ok
+    # never more than one request at the backend at once
+    assert len(slow.heads()) == 3
+
+
+def test_queue_timeout_503(gateway, backend):
+    slow = backend("SLOW", delay_ms=1500)
+    gw = gateway(pools={"app": {"servers": [{"address": slow, "max_connections": 1}],
+                                "queue_size": 10, "queue_timeout": "300ms"}}, workers=1)
+    first = threading.Thread(target=lambda: get(gw.port, "/long", timeout=20))
+    first.start()
+    assert wait_until(lambda: len(slow.heads()) == 1, 5)
+    t0 = time.monotonic()
+    r = get(gw.port, "/waits", timeout=20)
+    took = time.monotonic() - t0
+    first.join()
+    assert r.status == 503 and r.header("retry-after"), r
+    assert 0.2 <= took < 1.4, took
+    assert "queue_timeout" in gw.log()
