@@ -104,12 +104,15 @@ static size_t ejected_count(const struct sg_pool *pool, uint64_t now) {
     return n;
 }
 
+/* Ejects srv after count failures in a row (threshold: the configured
+ * count that triggers it). */
 static void eject(const struct sg_pool *pool, const struct sg_server *srv,
-                  struct sg_server_state *st, const char *why, uint32_t count) {
+                  struct sg_server_state *st, const char *why, uint32_t count,
+                  uint32_t threshold) {
     const struct sg_outlier_cfg *o = &pool->outlier;
     uint64_t now = sg_state_now();
-    if (atomic_load(&st->ejected_until) > now)
-        return; /* already out */
+    if (atomic_load(&st->ejected_until) > now || o->max_ejection_percent == 0)
+        return; /* already out, or ejection off */
     /* As Envoy does: the share is rounded down, but one server may always be
      * ejected (unless the share is 0), so that a pool of one or two can
      * still shed a broken server while backups or retries cover it. */
@@ -117,7 +120,9 @@ static void eject(const struct sg_pool *pool, const struct sg_server *srv,
     if (limit == 0 && o->max_ejection_percent > 0)
         limit = 1;
     if (ejected_count(pool, now) + 1 > limit) {
-        sg_log_warn("pool %s: server %s would be ejected (%u %s in a row) but "
+        /* Said once per run of failures, not on every one after. */
+        if (count == threshold)
+            sg_log_warn("pool %s: server %s would be ejected (%u %s in a row) but "
                     "max_ejection_percent (%u%%) is reached",
                     pool->name, srv->text, count, why, o->max_ejection_percent);
         return;
@@ -156,14 +161,14 @@ void sg_pool_report(const struct sg_pool *pool, size_t i, enum sg_outcome o) {
         atomic_store(&st->consec_errors, 0);
         uint32_t n = atomic_fetch_add(&st->consec_5xx, 1) + 1;
         if (cfg->consecutive_5xx && n >= cfg->consecutive_5xx)
-            eject(pool, srv, st, "5xx answers", n);
+            eject(pool, srv, st, "5xx answers", n, cfg->consecutive_5xx);
         break;
     }
     case SG_OUTCOME_ERROR: {
         atomic_fetch_add_explicit(&st->failures, 1, memory_order_relaxed);
         uint32_t n = atomic_fetch_add(&st->consec_errors, 1) + 1;
         if (cfg->consecutive_errors && n >= cfg->consecutive_errors)
-            eject(pool, srv, st, "errors", n);
+            eject(pool, srv, st, "errors", n, cfg->consecutive_errors);
         break;
     }
     }
