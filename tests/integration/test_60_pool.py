@@ -230,6 +230,35 @@ def test_failover_under_load_kill9(gateway, backend):
     assert len(got) >= 5, "restarted backend got %d of 30 requests (round robin over 3)" % len(got)
 
 
+def test_slow_start_ramps_recovered_server(gateway, backend):
+    """weighted, weights 100:100, slow_start 4s: right after a server comes
+    back UP it gets a small share, which grows to its full half."""
+    a, b = backend("A"), backend("B")
+    pool = {"servers": [{"address": a, "weight": 100}, {"address": b, "weight": 100}],
+            "balance": "weighted", "health": HEALTH, "slow_start": "4s"}
+    gw = gateway(pools={"app": pool}, workers=1)
+    b_port, b_addr = b.port, b.addr
+    mark = len(gw.log())
+    b.kill()
+    assert wait_log(gw, state_re("app", b_addr, "DOWN"), 10, start=mark), gw.log()[mark:]
+    mark = len(gw.log())
+    b2 = backend("B2", port=b_port)
+    assert wait_log(gw, state_re("app", b_addr, "UP"), 10, start=mark), gw.log()[mark:]
+    cl = Client(gw.port)
+    try:
+        early = [cl.request("GET", "/early/%d" % i).header("x-backend") for i in range(100)]
+        time.sleep(4.5)
+        late = [cl.request("GET", "/late/%d" % i).header("x-backend") for i in range(200)]
+    finally:
+        cl.close()
+    share_early = early.count("B2") / len(early)
+    share_late = late.count("B2") / len(late)
+    print("slow start: B2 share %.2f right after UP, %.2f after slow_start" %
+          (share_early, share_late))
+    assert share_early < 0.30, early
+    assert 0.42 <= share_late <= 0.58, late
+
+
 # --------------------------------------------------------------------------
 # 2. Passive ejection on 5xx
 
@@ -571,15 +600,19 @@ def test_connect_failure_retried(gateway, backend):
 
 
 def test_upstream_errors_no_fd_or_memory_growth(gateway, backend):
-    """2,000 requests to a pool whose only server is a closed port (502, or
-    503 once it is ejected), plus 400 bad backend answers (502): afterwards
+    """10,000 requests to a pool whose only server is a closed port (502:
+    each a failed connect), plus 2,000 bad backend answers (502): afterwards
     the gateway holds no more fds than before (+5) and its RSS grew by at
     most a few MiB. ASan's quarantine (freed memory kept resident, 256 MiB by
     default) is turned off for this test: with it, RSS climbs for the first
     ~7,000 requests whatever the gateway does; without it, it is flat."""
     dead = "127.0.0.1:%d" % dead_ports(1)[0]
     junk = backend("JUNK")
-    gw = gateway(pools={"dead": {"servers": [dead], "connect_timeout": "1s"}, "junk": [junk]},
+    # No ejection and no retry: every request to "dead" is a real failed connect.
+    gw = gateway(pools={"dead": {"servers": [dead], "connect_timeout": "1s",
+                                 "outlier": {"consecutive_errors": 0},
+                                 "retry": {"attempts": 1}},
+                        "junk": [junk]},
                  routes=[{"match": {"path_prefix": "/garbage"}, "pool": "junk"},
                          {"match": {"path_prefix": "/"}, "pool": "dead"}],
                  env={"ASAN_OPTIONS": "quarantine_size_mb=0:thread_local_quarantine_size_kb=0"})
@@ -596,11 +629,12 @@ def test_upstream_errors_no_fd_or_memory_growth(gateway, backend):
     burst(400, "warm")
     time.sleep(0.5)
     fd0, rss0 = nfds(gw.pid), gw.rss_kb()
-    st = burst(2400, "load")
+    st = burst(12000, "load")
     settled = wait_until(lambda: nfds(gw.pid) <= fd0 + 5, 10, interval=0.2)
     fd1, rss1 = nfds(gw.pid), gw.rss_kb()
     print("upstream errors: %r; fds %d -> %d, RSS %d -> %d KiB" % (dict(st), fd0, fd1, rss0, rss1))
-    assert settled, "gateway fds %d -> %d after 2400 failed requests" % (fd0, fd1)
+    assert settled, "gateway fds %d -> %d after 12000 failed requests" % (fd0, fd1)
+    assert st[502] >= 10000, st  # 10,000 failed connects (and 2,000 bad answers)
     assert rss1 - rss0 <= 3 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
     assert gw.running()
 
