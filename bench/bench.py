@@ -11,6 +11,8 @@ Part 1, throughput: wrk (small and 16 KiB responses x 64 and 1,000 connections);
 runs every contender once per scenario, the order rotated each round; medians over rounds.
 Part 2, idle memory: fresh instance of each proxy, 10,000 keep-alive client connections that
 have each made one request; (RSS after - RSS before) / connections.
+Part 3, failover: each proxy over three fresh demo backends (bench/*-failover.*.tmpl), 10 s of
+wrk -c64 GET load, SIGKILL to one backend 5 s in; errors and maximum latency, every run shown.
 
 Python 3 standard library only. Run as:
   /usr/bin/python3 bench/bench.py --scalegate build/release/scalegate \
@@ -18,6 +20,7 @@ Python 3 standard library only. Run as:
 """
 
 import argparse
+import calendar
 import json
 import os
 import re
@@ -246,37 +249,53 @@ HAPROXY_FWD = """    option forwardfor
     unique-id-header X-Request-ID"""
 
 
+def launch_proxy(name, args, tmpdir, tag, variant, kv):
+    """Renders bench/NAME[VARIANT].*.tmpl with kv and starts that proxy on kv["port"].
+    Returns (Proc, path of its error log) or (None, reason)."""
+    if name == "nginx":
+        errlog = os.path.join(tmpdir, "nginx-error.log" if not variant else
+                              "nginx-error-%s.log" % tag)
+        conf = render("nginx%s.conf.tmpl" % variant, os.path.join(tmpdir, "nginx-%s.conf" % tag),
+                      nginx_fwd=NGINX_FWD if args.forward_headers else "", errlog=errlog,
+                      tag=tag, **kv)
+        for d in ("nginx-body", "nginx-proxy", "nginx-fastcgi", "nginx-uwsgi", "nginx-scgi"):
+            os.makedirs(os.path.join(tmpdir, d), exist_ok=True)
+        argv = [args.nginx, "-p", tmpdir, "-e", errlog, "-c", conf]
+    elif name == "haproxy":
+        conf = render("haproxy%s.cfg.tmpl" % variant,
+                      os.path.join(tmpdir, "haproxy-%s.cfg" % tag),
+                      haproxy_fwd=HAPROXY_FWD if args.forward_headers else "", **kv)
+        argv = [args.haproxy, "-db", "-f", conf]
+        errlog = None
+    elif name == "scalegate":
+        if not args.scalegate or not os.access(args.scalegate, os.X_OK):
+            return None, "binary not found: %s" % args.scalegate
+        conf = render("scalegate%s.yaml.tmpl" % variant,
+                      os.path.join(tmpdir, "scalegate-%s.yaml" % tag), **kv)
+        argv = [args.scalegate, "-c", conf]
+        errlog = None
+    else:
+        return None, "unknown contender"
+    if not os.access(argv[0], os.X_OK):
+        return None, "binary not found: %s" % argv[0]
+    proc = Proc("%s-%s" % (name, tag), argv, tmpdir, args.proxy_cpus)
+    return proc, errlog or proc.errpath
+
+
+def proxy_kv(args, tmpdir, **extra):
+    return dict(port=free_port(), dir=tmpdir, max_conns=args.max_conns, nofile=args.nofile,
+                nginx_conns=args.nofile - 100, up_keepalive=args.upstream_keepalive, **extra)
+
+
 def start_contender(name, args, backends, tmpdir, tag):
     """Starts one contender. Returns (Proc or None, port, error or None)."""
     if name == "direct":
         return None, None, None
-    port = free_port()
-    kv = dict(port=port, small_port=backends["small"][1], big_port=backends["16k"][1],
-              dir=tmpdir, max_conns=args.max_conns, nofile=args.nofile,
-              nginx_conns=args.nofile - 100,
-              up_keepalive=args.upstream_keepalive)
-    if name == "nginx":
-        conf = render("nginx.conf.tmpl", os.path.join(tmpdir, "nginx-%s.conf" % tag),
-                      nginx_fwd=NGINX_FWD if args.forward_headers else "", **kv)
-        for d in ("nginx-body", "nginx-proxy", "nginx-fastcgi", "nginx-uwsgi", "nginx-scgi"):
-            os.makedirs(os.path.join(tmpdir, d), exist_ok=True)
-        argv = [args.nginx, "-p", tmpdir, "-e", os.path.join(tmpdir, "nginx-error.log"),
-                "-c", conf]
-    elif name == "haproxy":
-        conf = render("haproxy.cfg.tmpl", os.path.join(tmpdir, "haproxy-%s.cfg" % tag),
-                      haproxy_fwd=HAPROXY_FWD if args.forward_headers else "", **kv)
-        argv = [args.haproxy, "-db", "-f", conf]
-    elif name == "scalegate":
-        if not args.scalegate or not os.access(args.scalegate, os.X_OK):
-            return None, None, "binary not found: %s" % args.scalegate
-        conf = render("scalegate.yaml.tmpl", os.path.join(tmpdir, "scalegate-%s.yaml" % tag),
-                      **kv)
-        argv = [args.scalegate, "-c", conf]
-    else:
-        return None, None, "unknown contender"
-    if not os.access(argv[0], os.X_OK):
-        return None, None, "binary not found: %s" % argv[0]
-    proc = Proc("%s-%s" % (name, tag), argv, tmpdir, args.proxy_cpus)
+    kv = proxy_kv(args, tmpdir, small_port=backends["small"][1], big_port=backends["16k"][1])
+    port = kv["port"]
+    proc, err = launch_proxy(name, args, tmpdir, tag, "", kv)
+    if proc is None:
+        return None, None, err
     err = wait_ready(proc, port, "/") or wait_ready(proc, port, "/16k")
     if err:
         proc.stop()
@@ -284,40 +303,78 @@ def start_contender(name, args, backends, tmpdir, tag):
     return proc, port, None
 
 
+def start_backend(args, tmpdir, procname, name, extra=()):
+    """One demo backend on a port of its choosing. Returns (Proc, port); raises RuntimeError."""
+    argv = [args.backend, "--port", "0", "--name", name] + list(extra)
+    proc = Proc(procname, argv, tmpdir, args.backend_cpus)
+    deadline = time.time() + 5
+    while time.time() < deadline and proc.alive():
+        m = re.search(r"listening on [\d.]+:(\d+)", proc.stdout_text())
+        if m:
+            return proc, int(m.group(1))
+        time.sleep(0.05)
+    proc.stop()
+    raise RuntimeError("demo backend %s did not start: %s" % (args.backend, proc.stderr_tail()))
+
+
 def start_backends(args, tmpdir):
     """The two demo backends (default body; --size 16384). Returns {size: (Proc, port)}."""
     out = {}
     for size, (_, nbytes) in SIZES.items():
-        argv = [args.backend, "--port", "0", "--name", "bench-" + size]
-        if nbytes:
-            argv += ["--size", str(nbytes)]
-        proc = Proc("backend-" + size, argv, tmpdir, args.backend_cpus)
-        port = None
-        deadline = time.time() + 5
-        while time.time() < deadline and port is None and proc.alive():
-            m = re.search(r"listening on [\d.]+:(\d+)", proc.stdout_text())
-            if m:
-                port = int(m.group(1))
-            else:
-                time.sleep(0.05)
-        if port is None:
+        try:
+            out[size] = start_backend(args, tmpdir, "backend-" + size, "bench-" + size,
+                                      ["--size", str(nbytes)] if nbytes else [])
+        except RuntimeError as e:
             for p, _ in out.values():
                 p.stop()
-            proc.stop()
-            sys.exit("bench: demo backend %s did not start: %s" % (args.backend,
-                                                                   proc.stderr_tail()))
-        out[size] = (proc, port)
+            sys.exit("bench: %s" % e)
     return out
 
 
 # ---------------------------------------------------------------- wrk
 
-UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+T = r"([\d.]+)(us|ms|s|m|h)"
 
 
 def parse_latency(text, pct):
-    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s|m)\s*$" % pct, text, re.M)
+    m = re.search(r"^\s*%s%%\s+%s\s*$" % (pct, T), text, re.M)
     return float(m.group(1)) * UNIT[m.group(2)] if m else None
+
+
+def parse_wrk(out, returncode):
+    """wrk's report -> rps, p50/p99/max (ms), requests, bytes/request, errors: socket errors
+    (connect, read, write, timeout) plus responses with status >= 400, as wrk counts them."""
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if returncode != 0 or not m:
+        raise RuntimeError("wrk failed: " + " | ".join(out.strip().splitlines()[-3:]))
+    res = {"rps": float(m.group(1)), "p50": parse_latency(out, 50),
+           "p99": parse_latency(out, 99)}
+    # "Latency   avg   stdev   max   +/- stdev" (the Thread Stats line)
+    m = re.search(r"^\s*Latency\s+%s\s+%s\s+%s" % (T, T, T), out, re.M)
+    res["max"] = float(m.group(5)) * UNIT[m.group(6)] if m else None
+    m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", out)
+    total = int(m.group(1)) if m else 0
+    if m and total:
+        mult = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(3)]
+        res["bytes_per_req"] = float(m.group(2)) * mult / total
+    parts = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0}
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    detail = []
+    if m:
+        for k, v in zip(("connect", "read", "write", "timeout"), m.groups()):
+            parts[k] = int(v)
+        detail.append(m.group(0))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        parts["status"] = int(m.group(1))
+        detail.append(m.group(0))
+    if detail:
+        res["error_detail"] = "; ".join(detail)
+    res["errors"] = sum(parts.values())
+    res["error_parts"] = parts
+    res["requests"] = total
+    return res
 
 
 def run_wrk(args, port, path, conns, duration, procs):
@@ -335,31 +392,8 @@ def run_wrk(args, port, path, conns, duration, procs):
     ch1 = os.times()
     busy1, sirq1 = machine_busy()
     cpu1 = [p.cpu() for p in procs]
-    out = r.stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if r.returncode != 0 or not m:
-        raise RuntimeError("wrk failed: " + " | ".join(out.strip().splitlines()[-3:]))
-    res = {"rps": float(m.group(1)), "p50": parse_latency(out, 50),
-           "p99": parse_latency(out, 99)}
-    m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", out)
-    total = int(m.group(1)) if m else 0
-    if m and total:
-        mult = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(3)]
-        res["bytes_per_req"] = float(m.group(2)) * mult / total
-    errs = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    detail = []
-    if m:
-        errs += sum(int(x) for x in m.groups())
-        detail.append(m.group(0))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errs += int(m.group(1))
-        detail.append(m.group(0))
-    if detail:
-        res["error_detail"] = "; ".join(detail)
-    res["errors"] = errs
-    res["requests"] = total
+    res = parse_wrk(r.stdout, r.returncode)
+    total = res["requests"]
     ours = sum(b - a for a, b in zip(cpu0, cpu1) if a is not None and b is not None)
     wrk_cpu = (ch1.children_user - ch0.children_user) + (ch1.children_system -
                                                           ch0.children_system)
@@ -480,6 +514,203 @@ def memory_test(args, name, backends, tmpdir, tag):
         proc.stop()
 
 
+# ---------------------------------------------------------------- failover
+
+# Proxy log lines worth counting after the kill: (label, regex). The first of the "down"
+# labels to appear gives the "marked down" column: how long after the kill the proxy took
+# the dead server out (by a health check, or passively after failed attempts).
+FAILOVER_EVENTS = {
+    "nginx": [("down", r"upstream server temporarily disabled"),
+              ("connect failed", r"connect\(\) failed"),
+              ("upstream closed/reset", r"prematurely closed|recv\(\) failed|"
+                                        r"writev?\(\) failed|send\(\) failed"),
+              ("no live upstreams", r"no live upstreams")],
+    "haproxy": [("down", r"Server \S+ is DOWN"),
+                ("up", r"Server \S+ is UP")],
+    "scalegate": [("down", r"is DOWN"),
+                  ("ejected", r"ejected for"),
+                  ("retries", r"retrying on"),
+                  ("connect failed", r"upstream \S+: connect:"),
+                  ("up", r"is UP")],
+}
+DOWN_LABELS = ("down", "ejected")
+
+
+ISO_MS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z ")
+
+
+def line_time(line):
+    """The time of a log line stamped like scalegate's (UTC, milliseconds), else None."""
+    m = ISO_MS.match(line)
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + \
+        int(m.group(2)) / 1000.0
+
+
+class LogWatch:
+    """Follows a log file from a given moment; counts FAILOVER_EVENTS lines and notes when
+    each kind first appeared (seconds after `since`): from the line's own time stamp where it
+    has one with milliseconds (scalegate), else when poll() first saw it (poll often)."""
+
+    def __init__(self, path, name, since):
+        self.path, self.since = path, since
+        self.events = [(lbl, re.compile(rx)) for lbl, rx in FAILOVER_EVENTS.get(name, [])]
+        self.count, self.first, self.samples = {}, {}, {}
+        self.partial = ""
+        try:
+            self.pos = os.path.getsize(path)
+        except OSError:
+            self.pos = 0
+
+    def poll(self):
+        try:
+            with open(self.path, errors="replace") as f:
+                f.seek(self.pos)
+                data = f.read()
+                self.pos = f.tell()
+        except OSError:
+            return
+        now = time.time() - self.since
+        lines = (self.partial + data).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            for lbl, rx in self.events:
+                if rx.search(line):
+                    self.count[lbl] = self.count.get(lbl, 0) + 1
+                    t = line_time(line)
+                    self.first.setdefault(lbl, now if t is None else max(0.0, t - self.since))
+                    self.samples.setdefault(lbl, line.strip()[:300])
+                    break
+
+    def result(self):
+        self.poll()
+        down = [self.first[lbl] for lbl in DOWN_LABELS if lbl in self.first]
+        return {"counts": self.count, "first": self.first, "samples": self.samples,
+                "down_after": min(down) if down else None}
+
+
+def failover_run(args, name, tmpdir, tag, quiet, kill=True):
+    """Three fresh demo backends, the proxy over them, wrk for --failover-duration seconds;
+    --failover-kill-at seconds after wrk started, SIGKILL to the second backend. Returns a
+    dict of wrk's figures (max and p99 in ms, errors) and what the proxy logged. Everything
+    started here is stopped (and reaped) before it returns."""
+    held = {"proc": None, "backends": []}
+    try:
+        res = failover_body(args, name, tmpdir, tag, quiet, kill, held)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        res = {"error": str(e)}
+    finally:
+        proc = held["proc"]
+        was_alive = proc is not None and proc.alive()
+        if proc is not None:
+            proc.stop()
+        for b, _ in held["backends"]:
+            b.stop()
+    if was_alive and proc.p.returncode not in (0, -signal.SIGTERM, 128 + signal.SIGTERM,
+                                                143):
+        # a proxy that crashes on a graceful stop is worth knowing about
+        rc = proc.p.returncode
+        how = ("killed by %s" % signal.Signals(-rc).name) if rc < 0 else "exit status %d" % rc
+        res["stop_problem"] = "on SIGTERM after the run: %s: %s" % (how, proc.stderr_tail(2))
+    return res
+
+
+def failover_body(args, name, tmpdir, tag, quiet, kill, held):
+    """failover_run's work; what it starts goes into held for failover_run to stop."""
+    backends = held["backends"]
+    for i in range(3):
+        backends.append(start_backend(args, tmpdir, "%s-%s-b%d" % (name, tag, i + 1),
+                                      "b%d" % (i + 1)))
+    kv = proxy_kv(args, tmpdir, port1=backends[0][1], port2=backends[1][1],
+                  port3=backends[2][1])
+    port = kv["port"]
+    proc, logpath = launch_proxy(name, args, tmpdir, tag, "-failover", kv)
+    if proc is None:
+        return {"error": "failed to start: " + logpath}
+    held["proc"] = proc
+    err = wait_ready(proc, port, "/")
+    if err:
+        return {"error": "failed to start: " + err}
+    # Every backend must serve through the proxy before the kill means anything.
+    seen, deadline = set(), time.time() + 5
+    while len(seen) < 3 and time.time() < deadline:
+        try:
+            code, data = http_get(port, "/")
+            m = re.search(rb"^x-backend:\s*(\S+)", data, re.M | re.I)
+            if code == 200 and m:
+                seen.add(m.group(1).decode())
+        except OSError:
+            time.sleep(0.05)
+    if len(seen) < 3:
+        return {"error": "not all three backends answer through the proxy (saw %s)" %
+                ",".join(sorted(seen))}
+    everyone = [proc] + [b for b, _ in backends]
+    quiet.wait(everyone)
+    url = "http://127.0.0.1:%d/" % port
+    wrk = pin(args.wrk_cpus) + ["wrk", "-t%d" % args.wrk_threads,
+                                "-c%d" % args.failover_conns]
+    if args.warmup:
+        subprocess.run(wrk + ["-d%ds" % args.warmup, url], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=args.warmup + 60)
+    victim = backends[1][0]
+    survivors = [proc, backends[0][0], backends[2][0]] + ([] if kill else [victim])
+    cpu0 = [p.cpu() for p in survivors]
+    victim_cpu0 = victim.cpu()
+    busy0, _ = machine_busy()
+    ch0 = os.times()
+    t0 = time.time()
+    w = subprocess.Popen(wrk + ["-d%ds" % args.failover_duration, "--latency", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    res = {}
+    try:
+        time.sleep(max(0.0, t0 + args.failover_kill_at - time.time()))
+        watch = LogWatch(logpath, name, time.time())
+        if kill:
+            if not victim.alive():
+                raise RuntimeError("backend b2 died before the kill: " +
+                                   victim.stderr_tail())
+            t_kill = time.time()
+            victim.p.kill()                 # SIGKILL, to this pid only
+            victim.p.wait()                 # reaped here, not left a zombie
+            res["killed_at"] = t_kill - t0
+            res["victim_status"] = victim.p.returncode
+        deadline = t0 + args.failover_duration + 60
+        while w.poll() is None and time.time() < deadline:
+            watch.poll()
+            # every 10 ms for the first 2 s after the kill: "marked down" to +-10 ms
+            time.sleep(0.01 if time.time() < watch.since + 2 else 0.1)
+        out, _ = w.communicate(timeout=max(1.0, deadline - time.time()))
+    except BaseException:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+        raise
+    wall = time.time() - t0
+    ch1 = os.times()
+    busy1, _ = machine_busy()
+    cpu1 = [p.cpu() for p in survivors]
+    res.update(parse_wrk(out, w.returncode))
+    res["log"] = watch.result()
+    # Our CPU: the survivors' deltas, plus our reaped children (wrk, and the victim's
+    # whole life once it is reaped) less what the victim had used before the run.
+    ch = (ch1.children_user - ch0.children_user) + (ch1.children_system -
+                                                     ch0.children_system)
+    ours = sum(b - a for a, b in zip(cpu0, cpu1)) + ch - (victim_cpu0 if kill else 0)
+    res["foreign"] = max(0.0, ((busy1 - busy0) / CLK_TCK - ours) / wall)
+    if not proc.alive():
+        res["error"] = "proxy exited during the run: " + proc.stderr_tail()
+    return res
+
+
+def failover_ok(r):
+    return "error" not in r and r["errors"] == 0 and r["max"] is not None and \
+        r["max"] < FAILOVER_MAX_MS
+
+
+FAILOVER_MAX_MS = 50.0
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -527,7 +758,84 @@ def paired_ratio(runs, ref_runs):
     return statistics.median(ratios) if ratios else None
 
 
-def report(args, scenarios, results, failures, memory, meta):
+def fmt_errors(r):
+    if not r["errors"]:
+        return "0"
+    names = {"status": "non-2xx"}
+    return "%d (%s)" % (r["errors"], ", ".join("%s %d" % (names.get(k, k), v)
+                                              for k, v in r["error_parts"].items() if v))
+
+
+def fmt_after(v):
+    return "+%.2f s" % v if v is not None else "-"
+
+
+def report_failover(args, failover, notes):
+    lines = []
+    add = lines.append
+    add("")
+    add("## Failover (kill -9 of one of three backends %g s into %d s of GET load, wrk -t%d "
+        "-c%d; %d runs each)" % (args.failover_kill_at, args.failover_duration,
+                                 args.wrk_threads, args.failover_conns, args.failover_repeats))
+    add("")
+    add("| contender | run | req/s | errors | p99 | max | marked down | target |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    lognotes = []
+    flagged = False
+    for c, runs in failover.items():
+        ok = []
+        for kind, rs in (("", runs["runs"]), ("no kill ", runs.get("control", []))):
+            for i, r in enumerate(rs):
+                label = "%s%d" % (kind, i + 1)
+                if "error" in r and "rps" not in r:
+                    add("| %s | %s | failed | | | | | |" % (c, label))
+                    notes.append("%s, failover run %s: %s" % (c, label, r["error"]))
+                    continue
+                if "error" in r:
+                    notes.append("%s, failover run %s: %s" % (c, label, r["error"]))
+                if "stop_problem" in r:
+                    notes.append("%s, failover run %s: %s" % (c, label, r["stop_problem"]))
+                if not kind:
+                    ok.append(r)
+                mark = ""
+                if r.get("foreign", 0) > args.foreign_limit:
+                    mark, flagged = " *", True
+                target = "-" if kind else ("met" if failover_ok(r) else "**missed**")
+                add("| %s | %s | %.0f%s | %s | %s | %s | %s | %s |" % (
+                    c, label, r["rps"], mark, fmt_errors(r), fmt_ms(r["p99"]),
+                    fmt_ms(r["max"]), fmt_after(r["log"]["down_after"]) if kind == "" else "-",
+                    target))
+                lg = r["log"]
+                if lg["counts"]:
+                    lognotes.append("%s run %s: %s" % (c, label, "; ".join(
+                        "%s x%d (first %s)" % (lbl, n, fmt_after(lg["first"][lbl]))
+                        for lbl, n in lg["counts"].items())))
+        if ok:
+            add("| %s | median | %.0f | %s | %s | %s | %s | %d of %d runs |" % (
+                c, median([r["rps"] for r in ok]), "%g" % median([r["errors"] for r in ok]),
+                fmt_ms(median([r["p99"] for r in ok])), fmt_ms(median([r["max"] for r in ok])),
+                fmt_after(median([r["log"]["down_after"] for r in ok])),
+                sum(1 for r in ok if failover_ok(r)), len(ok)))
+    add("")
+    add("Target: 0 errors and max < %.0f ms, in every run. errors: wrk's socket errors "
+        "(connect, read, write; timeout = no response within wrk's 2 s) plus responses with a "
+        "status >= 400. p99, max: wrk's latencies over the whole run, which count only "
+        "requests that got a response. marked down: from the kill to the proxy's first log "
+        "line taking the server out (a failed health check or an ejection; nginx: \"upstream "
+        "server temporarily disabled\"); median: of the runs that logged one." %
+        FAILOVER_MAX_MS)
+    if flagged:
+        add("* other processes used more than %.0f%% of a core during the run: a stall may "
+            "be theirs." % (100 * args.foreign_limit))
+    if lognotes:
+        add("")
+        add("Proxy log lines after the kill:")
+        for n in lognotes:
+            add("- " + n)
+    return lines
+
+
+def report(args, scenarios, results, failures, memory, meta, failover=None):
     lines = []
     add = lines.append
     if args.no_throughput:
@@ -592,6 +900,8 @@ def report(args, scenarios, results, failures, memory, meta):
             add("| %s | %.1f MiB | %.1f MiB | %.2f KiB%s | %s |" % (
                 c, m["before_kib"] / 1024, m["after_kib"] / 1024, m["per_conn_kib"], flag,
                 fmt_ratio(m["per_conn_kib"], ng)))
+    if failover:
+        lines += report_failover(args, failover, notes)
     if notes:
         add("")
         add("Problems:")
@@ -599,6 +909,8 @@ def report(args, scenarios, results, failures, memory, meta):
             add("- " + n)
     add("")
     add("Run: %s" % meta)
+    while lines and not lines[0]:
+        lines.pop(0)
     return "\n".join(lines) + "\n"
 
 
@@ -658,6 +970,19 @@ def main():
                     help="connections opened and answered at a time in the memory test")
     ap.add_argument("--no-memory", action="store_true", help="skip the idle-memory test")
     ap.add_argument("--no-throughput", action="store_true", help="only the idle-memory test")
+    ap.add_argument("--no-failover", action="store_true", help="skip the failover scenario")
+    ap.add_argument("--only-failover", action="store_true",
+                    help="only the failover scenario (no throughput, no memory test)")
+    ap.add_argument("--failover-repeats", type=int, default=2,
+                    help="failover runs per proxy; each is reported, and the medians")
+    ap.add_argument("--failover-duration", type=int, default=10,
+                    help="seconds of wrk in a failover run")
+    ap.add_argument("--failover-kill-at", type=float, default=5.0,
+                    help="seconds after wrk starts when one backend gets SIGKILL")
+    ap.add_argument("--failover-conns", type=int, default=64,
+                    help="wrk connections in a failover run")
+    ap.add_argument("--failover-control", action="store_true",
+                    help="also run each failover run once without the kill, for comparison")
     ap.add_argument("--upstream-keepalive", type=int, default=1024,
                     help="idle upstream connections nginx and scalegate may keep per server")
     ap.add_argument("--forward-headers", action="store_true",
@@ -673,6 +998,12 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir of configs and logs")
     ap.add_argument("--out", default="build/bench/results.md")
     args = ap.parse_args()
+    if args.only_failover:
+        if args.no_failover:
+            ap.error("--only-failover and --no-failover exclude each other")
+        args.no_throughput = args.no_memory = True
+    if not 0 < args.failover_kill_at < args.failover_duration:
+        ap.error("--failover-kill-at must fall within --failover-duration")
 
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
     bad = [c for c in args.only if c not in ALL]
@@ -713,18 +1044,23 @@ def main():
         log("idle-memory test lowered to %d connections (file descriptor limit)" %
             args.idle_conns)
 
-    runs = len(scenarios) * len(args.only) * args.repeats
-    est = 0 if args.no_throughput else runs * (args.duration + args.warmup + 1)
-    log("%d contenders x %d scenarios x %d rounds = %d runs, about %d min%s; %s" % (
-            len(args.only), len(scenarios), args.repeats, runs, (est + 59) // 60 + (
-                0 if args.no_memory else 1), "" if args.no_memory else " with the memory test",
-            placement(args)))
+    fo_contenders = [] if args.no_failover else [c for c in args.only if c in PROXIES]
+    fo_runs = len(fo_contenders) * args.failover_repeats * (2 if args.failover_control else 1)
+    runs = 0 if args.no_throughput else len(scenarios) * len(args.only) * args.repeats
+    est = runs * (args.duration + args.warmup + 1) + fo_runs * (
+        args.failover_duration + args.warmup + 3)
+    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s, about %d min; %s" % (
+            runs, len(args.only), len(scenarios), args.repeats,
+            "" if args.no_memory else ", the memory test",
+            ", %d failover runs" % fo_runs if fo_runs else "",
+            (est + 59) // 60 + (0 if args.no_memory else 1), placement(args)))
 
     quiet = Quiet(args.quiet_wait, 3 * args.quiet_wait + 60, args.foreign_limit)
     tmpdir = tempfile.mkdtemp(prefix="scalegate-bench-")
-    backends = start_backends(args, tmpdir)
+    backends = start_backends(args, tmpdir) if not (args.no_throughput and
+                                                    args.no_memory) else {}
     contenders, failures = {}, {}
-    results, memory = {}, {}
+    results, memory, failover = {}, {}, {}
     try:
         if not args.no_throughput:
             for c in args.only:
@@ -779,6 +1115,25 @@ def main():
                 log("idle memory: %s: %s" % (c, memory[c].get("error") or
                                                "%.2f KiB per connection" %
                                                memory[c]["per_conn_kib"]))
+        for rnd in range(args.failover_repeats if fo_contenders else 0):
+            k = rnd % len(fo_contenders)
+            for c in fo_contenders[k:] + fo_contenders[:k]:
+                for kill in (True, False) if args.failover_control else (True,):
+                    r = failover_run(args, c, tmpdir, "fo%d%s" % (rnd + 1, "" if kill else "c"),
+                                     quiet, kill)
+                    failover.setdefault(c, {"runs": [], "control": []})[
+                        "runs" if kill else "control"].append(r)
+                    log("failover %d/%d %-9s %s%s" % (
+                        rnd + 1, args.failover_repeats, c, "" if kill else "(no kill) ",
+                        r["error"] if "rps" not in r else
+                        "%8.0f req/s  errors %s  p99 %s  max %s  marked down %s%s%s" % (
+                            r["rps"], fmt_errors(r), fmt_ms(r["p99"]), fmt_ms(r["max"]),
+                            fmt_after(r["log"]["down_after"]),
+                            "  (other load %.2f cores)" % r["foreign"]
+                            if r["foreign"] > args.foreign_limit else "",
+                            "  " + r["error"] if "error" in r else "")))
+                    if "stop_problem" in r:
+                        log("failover %s: %s" % (c, r["stop_problem"]))
     finally:
         for c, (proc, _) in contenders.items():
             if proc:
@@ -790,18 +1145,20 @@ def main():
         time.strftime("%Y-%m-%d %H:%M"), os.cpu_count(), cpu_model(), placement(args),
         version_of([args.nginx, "-v"]),
         version_of([args.haproxy, "-v"]), version_of(["wrk", "-v"]))
-    text = report(args, scenarios, results, failures, memory, meta)
+    text = report(args, scenarios, results, failures, memory, meta, failover)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
     raw = {"args": {k: v for k, v in vars(args).items()},
            "results": {"%s %s %d" % (c, s, n): v for (c, (s, n)), v in results.items()},
-           "failures": failures, "memory": memory}
+           "failures": failures, "memory": memory, "failover": failover}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
     troubles = failures or any("error" in r for rs in results.values() for r in rs) or any(
-        "error" in m for m in memory.values())
+        "error" in m for m in memory.values()) or any(
+        "error" in r or "stop_problem" in r
+        for f in failover.values() for rs in f.values() for r in rs)
     if troubles or args.keep:
         log("wrote %s (and .json); configs and logs kept in %s" % (args.out, tmpdir))
     else:
