@@ -36,9 +36,10 @@ SAN := build/asan
 all: $(REL)/scalegate $(REL)/demo-backend
 
 define flavour
-$(1)/obj/%.o: %.c $(wildcard src/*/*.h) $(wildcard src/*.h)
+$(1)/obj/%.o: %.c
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(CPPFLAGS_ALL) $$(WARN) $(2) -c $$< -o $$@
+	$$(CC) $$(CPPFLAGS_ALL) $$(WARN) $(2) -MMD -MP -c $$< -o $$@
+-include $$(patsubst %.c,$(1)/obj/%.d,$$(LIB_SRC) $$(MAIN_SRC))
 $(1)/libscalegate.a: $$(patsubst %.c,$(1)/obj/%.o,$$(LIB_SRC))
 	@rm -f $$@
 	ar rcs $$@ $$^

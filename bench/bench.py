@@ -815,10 +815,10 @@ def report_failover(args, failover, notes):
                 c, median([r["rps"] for r in ok]), "%g" % median([r["errors"] for r in ok]),
                 fmt_ms(median([r["p99"] for r in ok])), fmt_ms(median([r["max"] for r in ok])),
                 fmt_after(median([r["log"]["down_after"] for r in ok])),
-                sum(1 for r in ok if failover_ok(r)), len(ok)))
+                sum(1 for r in ok if failover_ok(r)), len(runs["runs"])))
     add("")
     add("Target: 0 errors and max < %.0f ms, in every run. errors: wrk's socket errors "
-        "(connect, read, write; timeout = no response within wrk's 2 s) plus responses with a "
+        "(connect, read, write; timeout = a response slower than wrk's 2 s) plus responses with a "
         "status >= 400. p99, max: wrk's latencies over the whole run, which count only "
         "requests that got a response. marked down: from the kill to the proxy's first log "
         "line taking the server out (a failed health check or an ejection; nginx: \"upstream "
