@@ -684,3 +684,37 @@ def test_queue_timeout_503(gateway, backend):
     assert r.status == 503 and r.header("retry-after"), r
     assert 0.2 <= took < 1.4, took
     assert "queue_timeout" in gw.log()
+
+
+@pytest.mark.parametrize("hash_key, how", [
+    ("cookie:sid", "cookie"), ("query:device", "query"), ("path", "path"), ("ip", "ip")])
+def test_hash_key_sources(gateway, backend, hash_key, how):
+    """Each hash_key source sticks: the same key always reaches the same
+    server, and different keys spread over the servers (except ip: every
+    request here comes from 127.0.0.1, so all go to one server)."""
+    be = [backend("K%d" % i) for i in range(1, 4)]
+    gw = gateway(pools={"app": {"servers": be, "balance": "hash", "hash_key": hash_key}})
+    cl = Client(gw.port)
+
+    def ask(key, i):
+        if how == "cookie":
+            return cl.request("GET", "/c/%d" % i,
+                              headers=[("Cookie", "theme=dark; sid=%s; lang=en" % key)])
+        if how == "query":
+            return cl.request("GET", "/q/%d?x=1&device=%s&y=2" % (i, key))
+        return cl.request("GET", "/p/%s" % key)
+
+    try:
+        owners = {}
+        for k in range(60):
+            key = "key-%d" % k
+            seen = {ask(key, i).header("x-backend") for i in range(4)}
+            assert len(seen) == 1, (key, seen)
+            owners[key] = seen.pop()
+    finally:
+        cl.close()
+    spread = collections.Counter(owners.values())
+    if how == "ip":
+        assert len(spread) == 1, spread
+    else:
+        assert len(spread) == 3 and min(spread.values()) >= 8, spread
