@@ -395,27 +395,27 @@ int sg_server_reload(struct sg_config *cfg) {
     return 0;
 }
 
-void sg_server_stop(void) {
+/* Tells every worker still running to stop (and, with force, to close what
+ * it still has). The send happens under the lock, so it never reaches a
+ * worker whose loop is gone. */
+static void command_stop(bool force) {
     for (unsigned k = 0; k < proc.nworkers; k++) {
         struct sg_worker *w = &proc.workers[k];
         uv_mutex_lock(&w->cmd_lock);
         w->cmd_stop = true;
+        w->cmd_force |= force;
         if (!w->exited)
             uv_async_send(&w->async);
         uv_mutex_unlock(&w->cmd_lock);
     }
 }
 
+void sg_server_stop(void) {
+    command_stop(false);
+}
+
 void sg_server_force(void) {
-    for (unsigned k = 0; k < proc.nworkers; k++) {
-        struct sg_worker *w = &proc.workers[k];
-        uv_mutex_lock(&w->cmd_lock);
-        w->cmd_force = true;
-        w->cmd_stop = true;
-        if (!w->exited)
-            uv_async_send(&w->async);
-        uv_mutex_unlock(&w->cmd_lock);
-    }
+    command_stop(true);
 }
 
 void sg_server_cleanup(void) {
