@@ -48,16 +48,16 @@ enum sg_balance_algo {
 enum sg_hash_source { SG_HASH_HEADER = 0, SG_HASH_COOKIE, SG_HASH_QUERY, SG_HASH_IP, SG_HASH_PATH };
 
 struct sg_health_cfg {
-    bool enabled;          /* a "health" section is present */
-    char *method;          /* default "GET" */
-    char *path;            /* default "/health" */
-    char *host;            /* Host header; default: the server's address */
-    uint64_t interval_ms;  /* default 2s */
-    uint64_t timeout_ms;   /* default 1s */
-    uint16_t status_min;   /* "expect: 200-399" (default) or "expect: 200" */
+    bool enabled;         /* a "health" section is present */
+    char *method;         /* default "GET" */
+    char *path;           /* default "/health" */
+    char *host;           /* Host header; default: the server's address */
+    uint64_t interval_ms; /* default 2s */
+    uint64_t timeout_ms;  /* default 1s */
+    uint16_t status_min;  /* "expect: 200-399" (default) or "expect: 200" */
     uint16_t status_max;
-    uint32_t rise;         /* default 2: passes in a row to mark a server up */
-    uint32_t fall;         /* default 3: failures in a row to mark it down */
+    uint32_t rise; /* default 2: passes in a row to mark a server up */
+    uint32_t fall; /* default 3: failures in a row to mark it down */
 };
 
 struct sg_outlier_cfg {
@@ -78,13 +78,13 @@ struct sg_pool {
     char *name;
     struct sg_server *servers; /* primaries first, then backups; nservers >= 1 */
     size_t nservers;
-    size_t nprimary;           /* servers[0..nprimary) are primaries, the rest backups */
-    uint64_t connect_timeout_ms;   /* default 5s: connect failure -> 502 */
-    uint64_t response_timeout_ms;  /* default 60s: no response bytes -> 504 */
-    uint64_t keepalive_timeout_ms; /* default 60s: idle upstream connection closed after */
-    uint32_t keepalive;            /* default 64: idle upstream connections kept per server
-                                      per worker */
-    enum sg_balance_algo balance;  /* default round_robin */
+    size_t nprimary;                 /* servers[0..nprimary) are primaries, the rest backups */
+    uint64_t connect_timeout_ms;     /* default 5s: connect failure -> 502 */
+    uint64_t response_timeout_ms;    /* default 60s: no response bytes -> 504 */
+    uint64_t keepalive_timeout_ms;   /* default 60s: idle upstream connection closed after */
+    uint32_t keepalive;              /* default 64: idle upstream connections kept per server
+                                        per worker */
+    enum sg_balance_algo balance;    /* default round_robin */
     enum sg_hash_source hash_source; /* balance: hash */
     char *hash_name;                 /* header/cookie/query name, else NULL */
     size_t hash_name_len;
@@ -92,8 +92,8 @@ struct sg_pool {
     struct sg_health_cfg health;
     struct sg_outlier_cfg outlier;
     struct sg_retry_cfg retry;
-    uint64_t slow_start_ms;   /* default 0 = off: weight ramps up over this after recovery */
-    uint32_t queue_size;      /* default 1000: requests waiting for a server's max_connections */
+    uint64_t slow_start_ms;    /* default 0 = off: weight ramps up over this after recovery */
+    uint32_t queue_size;       /* default 1000: requests waiting for a server's max_connections */
     uint64_t queue_timeout_ms; /* default 5s: waited longer -> 503 */
     void *balancer;            /* runtime balancer state (pool/balance.c), built by
                                   sg_pool_prepare after loading; the snapshot frees it
@@ -104,7 +104,7 @@ struct sg_pool {
     _Atomic uint32_t budget_requests;
     _Atomic uint32_t budget_retries;
     _Atomic uint32_t queued; /* requests waiting in the queue, all workers (mutable) */
-    _Atomic uint32_t rr;       /* round-robin cursor (mutable) */
+    _Atomic uint32_t rr;     /* round-robin cursor (mutable) */
 };
 
 struct sg_route {

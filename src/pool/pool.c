@@ -10,8 +10,8 @@
 #include "pool/state.h"
 
 /* Pools larger than this are balanced over their first SG_POOL_MAX servers. */
-#define SG_POOL_MAX 256
-#define BUDGET_WINDOW_MS 10000
+#define SG_POOL_MAX        256
+#define BUDGET_WINDOW_MS   10000
 #define BUDGET_MIN_RETRIES 3
 
 static void balancer_free(void *b) {
@@ -47,8 +47,9 @@ static int run_algo(const struct sg_pool *pool, enum sg_balance_algo algo, bool 
     case SG_BALANCE_HASH:
         if (key && key->has_key)
             return sg_balance_hash(b, backup, key->key_hash, c, n);
-        return run_algo(pool, pool->hash_fallback == SG_BALANCE_HASH ? SG_BALANCE_ROUND_ROBIN
-                                                                     : pool->hash_fallback,
+        return run_algo(pool,
+                        pool->hash_fallback == SG_BALANCE_HASH ? SG_BALANCE_ROUND_ROBIN
+                                                               : pool->hash_fallback,
                         backup, NULL, c, n, rnd);
     case SG_BALANCE_ROUND_ROBIN:
     default:
@@ -107,8 +108,7 @@ static size_t ejected_count(const struct sg_pool *pool, uint64_t now) {
 /* Ejects srv after count failures in a row (threshold: the configured
  * count that triggers it). */
 static void eject(const struct sg_pool *pool, const struct sg_server *srv,
-                  struct sg_server_state *st, const char *why, uint32_t count,
-                  uint32_t threshold) {
+                  struct sg_server_state *st, const char *why, uint32_t count, uint32_t threshold) {
     const struct sg_outlier_cfg *o = &pool->outlier;
     uint64_t now = sg_state_now();
     if (atomic_load(&st->ejected_until) > now || o->max_ejection_percent == 0)
@@ -123,8 +123,8 @@ static void eject(const struct sg_pool *pool, const struct sg_server *srv,
         /* Said once per run of failures, not on every one after. */
         if (count == threshold)
             sg_log_warn("pool %s: server %s would be ejected (%u %s in a row) but "
-                    "max_ejection_percent (%u%%) is reached",
-                    pool->name, srv->text, count, why, o->max_ejection_percent);
+                        "max_ejection_percent (%u%%) is reached",
+                        pool->name, srv->text, count, why, o->max_ejection_percent);
         return;
     }
     uint32_t n = atomic_fetch_add(&st->ejections, 1);
@@ -137,8 +137,8 @@ static void eject(const struct sg_pool *pool, const struct sg_server *srv,
     atomic_store(&st->recovered_at, now + t);
     atomic_store(&st->consec_errors, 0);
     atomic_store(&st->consec_5xx, 0);
-    sg_log_warn("pool %s: server %s ejected for %llu ms (%u %s in a row; ejection #%u)",
-                pool->name, srv->text, (unsigned long long)t, count, why, n + 1);
+    sg_log_warn("pool %s: server %s ejected for %llu ms (%u %s in a row; ejection #%u)", pool->name,
+                srv->text, (unsigned long long)t, count, why, n + 1);
 }
 
 void sg_pool_report(const struct sg_pool *pool, size_t i, enum sg_outcome o) {

@@ -271,8 +271,7 @@ static bool try_retry(struct sg_exchange *ex, const char *why) {
         ex->up = NULL;
     }
     uncount(ex);
-    sg_log_info("upstream %s: %s; retrying on %s", ex->server->text, why,
-                pool->servers[i].text);
+    sg_log_info("upstream %s: %s; retrying on %s", ex->server->text, why, pool->servers[i].text);
     ex->server_idx = (uint32_t)i;
     ex->server = &pool->servers[i];
     if (i < 64)
@@ -283,6 +282,26 @@ static bool try_retry(struct sg_exchange *ex, const char *why) {
     ex->retried = 0;
     attach_upstream(ex);
     return true;
+}
+
+/* The value of name in a list "a=1<sep>b=2..." (a query string, a Cookie
+ * header), or NULL. Spaces before a name are skipped (cookies have one after
+ * each ';'). */
+static const char *find_pair(const char *s, const char *end, char sep, const char *name,
+                             size_t nlen, size_t *vlen) {
+    while (s < end) {
+        while (s < end && *s == ' ')
+            s++;
+        const char *e = memchr(s, sep, (size_t)(end - s));
+        if (!e)
+            e = end;
+        if ((size_t)(e - s) > nlen && s[nlen] == '=' && memcmp(s, name, nlen) == 0) {
+            *vlen = (size_t)(e - s) - nlen - 1;
+            return s + nlen + 1;
+        }
+        s = e + 1;
+    }
+    return NULL;
 }
 
 /* The value a balance: hash pool hashes, or false when the request has none. */
@@ -311,36 +330,15 @@ static bool pick_key(const struct sg_pool *pool, const struct sg_conn *c,
         break;
     case SG_HASH_QUERY:
         qs = memchr(target, '?', tlen);
-        for (const char *q = qs, *end = target + tlen; q && q < end;) {
-            q++;
-            const char *amp = memchr(q, '&', (size_t)(end - q));
-            const char *e = amp ? amp : end;
-            if ((size_t)(e - q) > pool->hash_name_len && q[pool->hash_name_len] == '=' &&
-                memcmp(q, pool->hash_name, pool->hash_name_len) == 0) {
-                p = q + pool->hash_name_len + 1;
-                n = (size_t)(e - p);
-                break;
-            }
-            q = amp;
-        }
+        if (qs)
+            p = find_pair(qs + 1, target + tlen, '&', pool->hash_name, pool->hash_name_len, &n);
         break;
     case SG_HASH_COOKIE:
         for (uint32_t i = 0; i < msg->num_headers && !p; i++) {
-            if (!sg_http_name_eq(&msg->headers[i], "cookie", 6))
-                continue;
-            const char *v = msg->headers[i].value, *end = v + msg->headers[i].value_len;
-            while (v < end && !p) {
-                while (v < end && (*v == ' ' || *v == ';'))
-                    v++;
-                const char *semi = memchr(v, ';', (size_t)(end - v));
-                const char *e = semi ? semi : end;
-                if ((size_t)(e - v) > pool->hash_name_len && v[pool->hash_name_len] == '=' &&
-                    memcmp(v, pool->hash_name, pool->hash_name_len) == 0) {
-                    p = v + pool->hash_name_len + 1;
-                    n = (size_t)(e - p);
-                }
-                v = e;
-            }
+            const struct sg_http_header *h = &msg->headers[i];
+            if (sg_http_name_eq(h, "cookie", 6))
+                p = find_pair(h->value, h->value + h->value_len, ';', pool->hash_name,
+                              pool->hash_name_len, &n);
         }
         break;
     }
@@ -401,9 +399,9 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
     ex->key_hash = key_hash;
     int m = msg->method_id;
     ex->retry_ok = route->retryable || is_safe(m) || m == SG_METHOD_PUT || m == SG_METHOD_DELETE;
-    ex->replayable = ex->retry_ok && pool->retry.attempts > 1 && pool->retry.buffer_bytes > 0 &&
-                     !(msg->body == SG_BODY_LENGTH &&
-                       msg->content_length > pool->retry.buffer_bytes);
+    ex->replayable =
+        ex->retry_ok && pool->retry.attempts > 1 && pool->retry.buffer_bytes > 0 &&
+        !(msg->body == SG_BODY_LENGTH && msg->content_length > pool->retry.buffer_bytes);
     ex->method = msg->method_id;
     ex->client_http10 = msg->minor == 0;
     ex->keep_client = msg->keep_alive;
@@ -709,8 +707,7 @@ void sg__proxy_upstream_data(struct sg_exchange *ex) {
             return;
     }
     ex->resp_started = 1;
-    sg_pool_report(ex->pool, ex->server_idx,
-                   msg.status >= 500 ? SG_OUTCOME_5XX : SG_OUTCOME_OK);
+    sg_pool_report(ex->pool, ex->server_idx, msg.status >= 500 ? SG_OUTCOME_5XX : SG_OUTCOME_OK);
     if (ex->head && !up->writing) {
         sg_buf_put(ex->head);
         ex->head = NULL;

@@ -40,7 +40,7 @@ struct sg_upstream {
  * exchange is aborted. Holds a reference on the config snapshot. */
 struct sg_exchange {
     struct sg_exchange *next_free;
-    struct sg_list qlink; /* in w->waiting while queued */
+    struct sg_list qlink;   /* in w->waiting while queued */
     struct sg_conn *client; /* NULL once the client went away */
     struct sg_upstream *up; /* NULL while none attached */
     struct sg_config *cfg;
@@ -54,8 +54,8 @@ struct sg_exchange {
     uint64_t key_hash;     /* balance: hash */
     uint32_t server_idx;   /* index of server in pool->servers */
     uint8_t attempts;      /* servers tried so far */
-    uint64_t req_left;   /* LENGTH: body bytes not yet validated */
-    uint32_t req_ready;  /* validated body bytes at the front of client->rbuf */
+    uint64_t req_left;     /* LENGTH: body bytes not yet validated */
+    uint32_t req_ready;    /* validated body bytes at the front of client->rbuf */
     uint32_t resp_scanned;
     uint64_t resp_left; /* LENGTH: response body bytes to go */
     struct sg_http_chunked req_ch;
@@ -70,8 +70,8 @@ struct sg_exchange {
     uint8_t keep_client : 1;  /* the client connection may stay open after */
     uint8_t up_reusable : 1;  /* the upstream said keep-alive */
     uint8_t client_http10 : 1;
-    uint8_t decode : 1;  /* chunked response decoded for an HTTP/1.0 client */
-    uint8_t upgrade : 1; /* the client asked for an upgrade */
+    uint8_t decode : 1;         /* chunked response decoded for an HTTP/1.0 client */
+    uint8_t upgrade : 1;        /* the client asked for an upgrade */
     uint8_t retried : 1;        /* resent once on a fresh connection to the same server */
     uint8_t got_resp_bytes : 1; /* any byte from the upstream for this request */
     uint8_t has_key : 1;        /* key_hash is set */

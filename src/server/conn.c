@@ -237,11 +237,11 @@ void sg_conn_error(struct sg_conn *c, int status) {
     struct sg_buf *b = sg_buf_get_size(512);
     int body = snprintf(NULL, 0, "%d %s\n", status, reason);
     /* 503: the client may come back in a second (no server, or too busy). */
-    int n = snprintf(b->data, b->cap,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                     "%sConnection: close\r\n\r\n%d %s\n",
-                     status, reason, body, status == 503 ? "Retry-After: 1\r\n" : "", status,
-                     reason);
+    int n =
+        snprintf(b->data, b->cap,
+                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                 "%sConnection: close\r\n\r\n%d %s\n",
+                 status, reason, body, status == 503 ? "Retry-After: 1\r\n" : "", status, reason);
     b->end = (uint32_t)n;
     sg_conn_set_state(c, SG_CONN_CLOSING);
     /* Input is discarded from now on. */
