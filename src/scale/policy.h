@@ -30,10 +30,10 @@
 
 /* Upper bound on any recommendation (a ratio gone wild is capped here). */
 #define SG_SCALE_MAX_INSTANCES 100000u
-/* Recommendations kept for the stabilization windows: 300 s at one decision
- * per second needs 300. When full, the oldest entry is folded into the next
- * one (highest and lowest kept), which can only hold a change a little longer,
- * never make one early. */
+/* Entries kept for the stabilization windows: 300 s at one decision per
+ * second needs 300. Decisions closer together than window / (MAX - 1) share
+ * an entry (highest and lowest kept, expiring with the newest), so a faster
+ * caller can only see a change held up to that much longer, never made early. */
 #define SG_SCALE_WINDOW_MAX 600u
 
 /* Targets per metric; 0 (or less) = that metric does not drive scaling. */
@@ -44,12 +44,12 @@ struct sg_scale_targets {
     double cpu_percent;           /* CPU % per instance */
     double memory_percent;        /* memory % per instance */
     double error_rate;            /* errors / requests, 0..1 */
-    double queue_per_instance;    /* queue items per instance (ready + starting) */
+    double queue_per_instance;    /* queue items one instance should have to itself */
 };
 
 struct sg_scale_limits {
     uint32_t min, max;              /* max < min is read as max = min */
-    double tolerance;               /* |ratio - 1| <= tolerance: no change (0.1) */
+    double tolerance;               /* |ratio - 1| <= tolerance (+1e-9): no change (0.1) */
     uint32_t up_percent;            /* scale-up per period: +up_percent % ... (100) */
     uint32_t up_pods;               /* ... or +up_pods, the larger (4); both 0: no limit */
     uint32_t down_pods;             /* scale-down per period (1); 0: no limit */
@@ -75,8 +75,8 @@ struct sg_scale_input {
 };
 
 struct sg_scale_rec {
-    uint64_t t_ms;
-    uint32_t hi, lo; /* highest and lowest recommendation folded into this entry */
+    uint64_t first_ms, last_ms; /* first and last recommendation merged in */
+    uint32_t hi, lo;            /* highest and lowest of them */
 };
 
 /* Per-pool memory of past decisions, owned by the caller (embed it in the
