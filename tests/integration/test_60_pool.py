@@ -201,7 +201,9 @@ def test_failover_under_load_kill9(gateway, backend):
         len(failed), len(results), collections.Counter(s for s, _ in failed).most_common(5))
     slowest = [(round(x[0] - t_kill, 3), round(x[1], 3), x[2], x[3])
                for x in sorted(results, key=lambda x: -x[1])[:5]]
-    assert max_lat < 1.0, "max latency %.3f s (p99 %.3f s); slowest (start - kill time, " \
+    # Generous: the bound is for stalls (a connect_timeout is 5 s); make bench
+    # measures the real maximum (target < 50 ms) on the release build.
+    assert max_lat < 2.0, "max latency %.3f s (p99 %.3f s); slowest (start - kill time, " \
         "latency, status, backend): %r" % (max_lat, p99, slowest)
     assert t_down is not None, "no 'pool app: server %s is DOWN' within 10 s of the kill; log:\n%s" % (
         b_addr, gw.log()[mark:][-3000:])
