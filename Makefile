@@ -6,7 +6,7 @@
 #   make fuzz       libFuzzer harnesses under ASan (FUZZ_SECONDS each, default 600)
 
 CC       ?= cc
-PKGS     := libuv yaml-0.1
+PKGS     := libuv yaml-0.1 jansson hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -44,10 +44,10 @@ $(1)/libscalegate.a: $$(patsubst %.c,$(1)/obj/%.o,$$(LIB_SRC))
 	@rm -f $$@
 	ar rcs $$@ $$^
 $(1)/scalegate: $(1)/obj/src/main.o $(1)/libscalegate.a
-	$$(CC) $(3) -o $$@ $$^ $$(PKG_LIBS) -lpthread
+	$$(CC) $(3) -o $$@ $$^ $$(PKG_LIBS) -lm -lpthread
 $(1)/demo-backend: $(DEMO_SRC)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(CPPFLAGS_ALL) $$(WARN) $(2) $(3) -o $$@ $$< $$(PKG_LIBS) -lpthread
+	$$(CC) $$(CPPFLAGS_ALL) $$(WARN) $(2) $(3) -o $$@ $$< $$(PKG_LIBS) -lm -lpthread
 endef
 $(eval $(call flavour,$(REL),$(REL_CFLAGS),$(REL_LDFLAGS)))
 $(eval $(call flavour,$(SAN),$(SAN_CFLAGS),$(SAN_LDFLAGS)))
@@ -57,7 +57,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/unit/%,$(UNIT_SRC))
 $(SAN)/unit/%: tests/unit/%.c $(SAN)/libscalegate.a $(wildcard src/*/*.h src/*/*.c)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(WARN) -Wno-missing-prototypes $(SAN_CFLAGS) -o $@ $< \
-	    $(SAN)/libscalegate.a $(SAN_LDFLAGS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lpthread
+	    $(SAN)/libscalegate.a $(SAN_LDFLAGS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm -lpthread
 
 deps-run:
 	@scripts/deps.sh run

@@ -3,7 +3,7 @@
  * (`make run`), its integration tests and its benchmark (`make bench`).
  *
  *   demo-backend [--host 127.0.0.1] [--port N] [--threads N] [--delay MS]
- *                [--cpu MS] [--size BYTES] [--name STR]
+ *                [--cpu MS] [--size BYTES] [--name STR] [--serial]
  *
  * Every response carries Content-Length, X-Backend (the --name, else the
  * port) and X-Body-Bytes (the length of the request body it read and threw
@@ -62,7 +62,11 @@ static struct {
     long cpu_ms;
     long size; /* -1: "hello from NAME\n" */
     const char *name;
-} opt = {"127.0.0.1", -1, 1, 0, 0, -1, NULL};
+    bool serial; /* --serial: one delayed request at a time per thread */
+} opt = {"127.0.0.1", -1, 1, 0, 0, -1, NULL, false};
+
+/* --serial: when this thread's worker is free again (uv_now ms). */
+static __thread uint64_t busy_until;
 
 static char backend_id[128]; /* X-Backend value */
 static char *filler;         /* FILLER_SIZE bytes of printable text */
@@ -637,9 +641,16 @@ static void process(struct conn *c) {
             break;
         c->in_req = false;
         if (c->req.delay_ms > 0) {
+            uint64_t wait = (uint64_t)c->req.delay_ms;
+            if (opt.serial && !c->req.health) {
+                /* a server with one worker: requests wait their turn */
+                uint64_t now = uv_now(c->tcp.loop);
+                busy_until = (busy_until > now ? busy_until : now) + wait;
+                wait = busy_until - now;
+            }
             c->waiting = true;
             uv_read_stop((uv_stream_t *)&c->tcp);
-            uv_timer_start(&c->timer, timer_cb, (uint64_t)c->req.delay_ms, 0);
+            uv_timer_start(&c->timer, timer_cb, wait, 0);
             break;
         }
         respond(c);
@@ -740,7 +751,8 @@ static int make_listener(const struct sockaddr *addr, socklen_t alen) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: demo-backend [--host ADDR] [--port N] [--threads N] [--delay MS]\n"
-               "                    [--cpu MS] [--size BYTES] [--name STR]\n"
+               "                    [--cpu MS] [--size BYTES] [--name STR] [--serial]\n"
+               "  --serial: serve delayed requests one at a time (a one-worker server)\n"
                "  --port defaults to $PORT, else 0 (pick a free port)\n"
                "  per request: ?delay=MS&cpu=MS&size=BYTES&status=CODE; GET /health -> ok\n");
 }
@@ -756,18 +768,14 @@ static long num_arg(const char *name, const char *s, long max) {
 
 static void parse_args(int argc, char **argv) {
     static const struct option longopts[] = {
-        {"host", required_argument, NULL, 'H'},
-        {"port", required_argument, NULL, 'p'},
-        {"threads", required_argument, NULL, 't'},
-        {"delay", required_argument, NULL, 'd'},
-        {"cpu", required_argument, NULL, 'c'},
-        {"size", required_argument, NULL, 's'},
-        {"name", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"host", required_argument, NULL, 'H'},    {"port", required_argument, NULL, 'p'},
+        {"threads", required_argument, NULL, 't'}, {"delay", required_argument, NULL, 'd'},
+        {"cpu", required_argument, NULL, 'c'},     {"size", required_argument, NULL, 's'},
+        {"name", required_argument, NULL, 'n'},    {"serial", no_argument, NULL, 'S'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int ch;
-    while ((ch = getopt_long(argc, argv, "H:p:t:d:c:s:n:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "H:p:t:d:c:s:n:Sh", longopts, NULL)) != -1) {
         switch (ch) {
         case 'H':
             opt.host = optarg;
@@ -789,6 +797,9 @@ static void parse_args(int argc, char **argv) {
             break;
         case 'n':
             opt.name = optarg;
+            break;
+        case 'S':
+            opt.serial = true;
             break;
         case 'h':
             usage(stdout);

@@ -9,11 +9,11 @@
 #   scripts/deps.sh fuzz       + fuzzing deps  (make fuzz)
 set -eu
 
-pkgs="gcc make pkg-config libuv1-dev libyaml-dev curl"
+pkgs="gcc make pkg-config libuv1-dev libyaml-dev libjansson-dev libhiredis-dev curl"
 for want in "$@"; do
     case "$want" in
     run) ;;
-    test) pkgs="$pkgs libcmocka-dev python3 python3-pytest procps wrk" ;;
+    test) pkgs="$pkgs libcmocka-dev python3 python3-pytest procps wrk redis-server" ;;
     bench) pkgs="$pkgs wrk nginx-light haproxy procps python3" ;;
     fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
     *) echo "deps.sh: unknown set '$want' (run, test, bench, fuzz)" >&2; exit 2 ;;

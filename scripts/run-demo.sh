@@ -1,17 +1,21 @@
 #!/bin/sh
-# `make run`: two demo backends on 127.0.0.1:9001 and :9002 and scalegate in
-# front of them on 127.0.0.1:8080 (examples/demo.yaml). Stays in the
-# foreground; Ctrl-C (or SIGTERM) stops all three.
+# `make run`: scalegate on 127.0.0.1:8080 (examples/demo.yaml), which starts
+# its demo backend instances itself (ports 9100-9199) and scales them with
+# the load; the admin API is on 127.0.0.1:8081. Stays in the foreground;
+# Ctrl-C (or SIGTERM) stops the gateway, and its instances with it.
 #
 # Environment: BUILD (default build/release) picks the binaries,
-# SCALEGATE_CONFIG (default examples/demo.yaml) the gateway's config.
+# SCALEGATE_CONFIG (default examples/demo.yaml) the gateway's config,
+# SCALEGATE_ADMIN_TOKEN (default "demo-token") the admin API's token.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 
 BUILD=${BUILD:-build/release}
 CONFIG=${SCALEGATE_CONFIG:-examples/demo.yaml}
 GATEWAY=127.0.0.1:8080
-BACKENDS="9001 9002"
+ADMIN=127.0.0.1:8081
+SCALEGATE_ADMIN_TOKEN=${SCALEGATE_ADMIN_TOKEN:-demo-token}
+export SCALEGATE_ADMIN_TOKEN
 pids=""
 
 say() { printf '%s\n' "$*"; }
@@ -53,7 +57,7 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 
 busy=""
-for port in $BACKENDS ${GATEWAY##*:}; do
+for port in ${GATEWAY##*:} ${ADMIN##*:}; do
     port_busy "$port" && busy="$busy $port"
 done
 if [ -n "$busy" ]; then
@@ -61,11 +65,6 @@ if [ -n "$busy" ]; then
         "(ss -ltnp shows it) and try again"
     exit 1
 fi
-
-for port in $BACKENDS; do
-    "$BUILD/demo-backend" --port "$port" >/dev/null &
-    pids="$pids $!"
-done
 
 if ! "$BUILD/scalegate" -t -c "$CONFIG"; then
     err "$CONFIG does not check out (see above)"
@@ -79,8 +78,7 @@ pids="$pids $gw"
 i=0
 while :; do
     ready=1
-    for port in $BACKENDS; do http_ok "http://127.0.0.1:$port/health" || ready=0; done
-    http_ok "http://$GATEWAY/" || ready=0
+    curl -s -f -o /dev/null -m 1 "http://$GATEWAY/" 2>/dev/null || ready=0
     [ "$ready" = 1 ] && break
     for p in $pids; do
         if ! kill -0 "$p" 2>/dev/null; then
@@ -96,17 +94,22 @@ while :; do
     sleep 0.1
 done
 
+auth="Authorization: Bearer $SCALEGATE_ADMIN_TOKEN"
 say ""
 say "scalegate demo: try  curl -i http://$GATEWAY/"
 say ""
-say "  curl -i http://$GATEWAY/                      answered by 9001, then 9002 (X-Backend)"
+say "  curl -i http://$GATEWAY/                      answered by an instance (X-Backend: its port)"
 say "  curl -i 'http://$GATEWAY/?delay=200'          backend waits 200 ms"
 say "  curl -s 'http://$GATEWAY/?size=100000' | wc -c   a 100,000-byte body"
 say "  curl -i 'http://$GATEWAY/?status=503'         backend answers 503"
-say "  curl -i http://$GATEWAY/health               the backend's health check"
 say ""
-say "backends: 127.0.0.1:9001 and 127.0.0.1:9002; the gateway's log follows."
-say "Ctrl-C stops everything."
+say "autoscaling (2 to 8 instances on ports 9100-9199):"
+say "  curl -s -H '$auth' http://$ADMIN/api/v1/scaling/status"
+say "  wrk -c 16 -d 30s http://$GATEWAY/             load: watch the status grow, then shrink"
+say "                                                  30 s after the load stops"
+say "  curl -s -H '$auth' http://$ADMIN/api/v1/scaling/history"
+say ""
+say "Ctrl-C stops the gateway and its instances; the gateway's log follows."
 say ""
 
 # Stay in the foreground until the gateway exits or we are interrupted.

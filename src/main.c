@@ -17,10 +17,13 @@
 #include <string.h>
 #include <uv.h>
 
+#include "admin/admin.h"
 #include "config/config.h"
 #include "core/log.h"
 #include "pool/health.h"
 #include "pool/pool.h"
+#include "redis/redis.h"
+#include "scale/scaler.h"
 #include "server/server.h"
 
 #define SG_VERSION "0.1.0"
@@ -29,8 +32,11 @@ static uv_loop_t *loop;
 static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_timer_t shutdown_timer;
 static const char *config_path;
-static struct sg_config *running;
+static struct sg_config *running; /* what the workers run: derived by the autoscaler */
 static int stopping;
+static struct sg_scaler *scaler;
+static struct sg_admin *admin;
+static struct sg_redis *redis;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: scalegate [-t] -c FILE\n"
@@ -49,6 +55,13 @@ static void print_errors(struct sg_config_errors *errs) {
 
 static void on_all_done(void) {
     sg_health_stop();
+    sg_scaler_free(scaler); /* stops every instance */
+    scaler = NULL;
+    sg_admin_close(admin);
+    admin = NULL;
+    if (redis)
+        sg_redis_free(redis);
+    redis = NULL;
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
@@ -76,6 +89,37 @@ static void on_stop_signal(uv_signal_t *s, int signum) {
     uv_unref((uv_handle_t *)&shutdown_timer);
 }
 
+/* The autoscaler's instance lists changed: run cfg (a reference for us). */
+static void on_publish(struct sg_config *cfg, void *arg) {
+    (void)arg;
+    if (stopping || sg_pool_prepare(cfg) != 0) {
+        if (!stopping)
+            sg_log_error("autoscaler: out of memory publishing instances");
+        sg_config_unref(cfg);
+        return;
+    }
+    struct sg_config *ref = sg_config_ref(cfg);
+    if (sg_server_reload(cfg) == 0) {
+        sg_config_unref(running);
+        running = ref;
+        sg_health_apply(loop, running);
+    } else {
+        sg_config_unref(ref);
+    }
+}
+
+/* What changes only with a restart: said once per reload. */
+static void warn_restart_only(const struct sg_config *old, const struct sg_config *cfg) {
+    const struct sg_config *o = old->base ? old->base : old;
+    if (o->admin.enabled != cfg->admin.enabled ||
+        (cfg->admin.enabled && strcmp(o->admin.listen.text, cfg->admin.listen.text) != 0))
+        sg_log_warn("reload: admin.listen changes take effect only after a restart");
+    if (o->redis.enabled != cfg->redis.enabled ||
+        (cfg->redis.enabled &&
+         (strcmp(o->redis.host, cfg->redis.host) != 0 || o->redis.port != cfg->redis.port)))
+        sg_log_warn("reload: redis changes take effect only after a restart");
+}
+
 static void on_reload_signal(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
@@ -91,20 +135,56 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
         return;
     }
     sg_config_errors_free(&errs);
-    if (sg_pool_prepare(cfg) != 0) {
+    warn_restart_only(running, cfg);
+    struct sg_config *loaded_before = sg_config_ref(running->base ? running->base : running);
+    struct sg_config *run = sg_scaler_apply(scaler, cfg);
+    sg_config_unref(cfg);
+    if (run == NULL || sg_pool_prepare(run) != 0) {
         sg_log_error("reload failed: out of memory; keeping the running config");
-        sg_config_unref(cfg);
+        sg_config_unref(run);
+        sg_config_unref(sg_scaler_apply(scaler, loaded_before));
+        sg_config_unref(loaded_before);
         return;
     }
-    struct sg_config *ref = sg_config_ref(cfg);
-    if (sg_server_reload(cfg) == 0) {
+    struct sg_config *ref = sg_config_ref(run);
+    if (sg_server_reload(run) == 0) {
         sg_config_unref(running);
         running = ref;
         sg_health_apply(loop, running);
+        if (admin)
+            sg_admin_set_token(admin, running->admin.token);
         sg_log_info("reloaded %s", config_path);
     } else {
         sg_config_unref(ref);
+        sg_config_unref(sg_scaler_apply(scaler, loaded_before)); /* back to the old one */
     }
+    sg_config_unref(loaded_before);
+}
+
+/* The admin listener and the Redis link (start-up only). Returns 0 or -1. */
+static int start_control(const struct sg_config *cfg) {
+    if (cfg->redis.enabled) {
+        redis = sg_redis_new(loop, cfg->redis.host, cfg->redis.port, cfg->redis.prefix);
+        if (redis == NULL) {
+            fprintf(stderr, "scalegate: cannot set up the redis link\n");
+            return -1;
+        }
+        sg_scaler_set_redis(scaler, redis, cfg->redis.lease_ttl_ms);
+    }
+    if (cfg->admin.enabled) {
+        int err = 0;
+        admin = sg_admin_start(loop, (const struct sockaddr *)&cfg->admin.listen.addr,
+                               cfg->admin.token, &err);
+        if (admin == NULL) {
+            fprintf(stderr, "scalegate: admin.listen %s: %s\n", cfg->admin.listen.text,
+                    uv_strerror(err));
+            return -1;
+        }
+        sg_admin_add_handler(admin, "/api/v1/scaling/", sg_scaler_admin, scaler);
+        sg_log_info("admin API on %s (token from %s)", cfg->admin.listen.text,
+                    cfg->admin.token_from ? cfg->admin.token_from : "?");
+    }
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -159,11 +239,21 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_hup);
     uv_timer_init(loop, &shutdown_timer);
-    if (sg_pool_prepare(running) != 0) {
+    scaler = sg_scaler_new(loop, on_publish, NULL);
+    if (scaler == NULL || start_control(running) != 0) {
+        sg_config_unref(running);
+        return 1;
+    }
+    struct sg_config *loaded = running;
+    running = sg_scaler_apply(scaler, loaded); /* starts each scaled pool's minimum */
+    sg_config_unref(loaded);
+    if (running == NULL || sg_pool_prepare(running) != 0) {
         fprintf(stderr, "scalegate: out of memory\n");
         return 1;
     }
     if (sg_server_start(loop, running, on_all_done) != 0) {
+        on_all_done();
+        uv_run(loop, UV_RUN_DEFAULT);
         sg_config_unref(running);
         return 1;
     }

@@ -140,10 +140,46 @@ void sg_config_errors_free(struct sg_config_errors *errs) {
 
 /* ---- snapshot lifetime ---------------------------------------------------- */
 
+/* A derived snapshot owns its pools and routes arrays, its own servers
+ * arrays and every pool's balancer; the rest belongs to its base. */
+static void derived_free(struct sg_config *c) {
+    for (size_t i = 0; i < c->npools; i++) {
+        struct sg_pool *p = &c->pools[i];
+        if (p->balancer && p->balancer_free)
+            p->balancer_free(p->balancer);
+        if (!p->servers_owned)
+            continue;
+        for (size_t j = 0; j < p->nprimary; j++)
+            free(p->servers[j].text);
+        free(p->servers);
+    }
+    free(c->pools);
+    free(c->routes);
+    sg_config_unref(c->base);
+    free(c);
+}
+
+static void scale_free(struct sg_scale_cfg *s) {
+    free(s->command);
+    free(s->scale_to);
+    free(s->list);
+    free(s->queue_redis_list);
+    free(s->queue_command);
+}
+
 void sg__config_free(struct sg_config *c) {
     if (c == NULL)
         return;
+    if (c->base) {
+        derived_free(c);
+        return;
+    }
     free(c->path);
+    free(c->admin.listen.text);
+    free(c->admin.token);
+    free(c->admin.token_from);
+    free(c->redis.host);
+    free(c->redis.prefix);
     for (size_t i = 0; i < c->nlisten; i++)
         free(c->listen[i].text);
     free(c->listen);
@@ -160,6 +196,7 @@ void sg__config_free(struct sg_config *c) {
         free(p->health.method);
         free(p->health.path);
         free(p->health.host);
+        scale_free(&p->scale);
     }
     free(c->pools);
     for (size_t i = 0; i < c->nroutes; i++) {
@@ -168,6 +205,82 @@ void sg__config_free(struct sg_config *c) {
     }
     free(c->routes);
     free(c);
+}
+
+struct sg_pool *sg_config_pool(const struct sg_config *c, const char *name) {
+    for (size_t i = 0; i < c->npools; i++)
+        if (strcmp(c->pools[i].name, name) == 0)
+            return &c->pools[i];
+    return NULL;
+}
+
+/* Copies over's primaries and base's backups into p->servers. */
+static int derive_servers(struct sg_pool *p, const struct sg_pool *bp,
+                          const struct sg_pool_servers *over) {
+    size_t nback = bp->nservers - bp->nprimary;
+    struct sg_server *sv = calloc(over->n + nback + 1, sizeof(*sv));
+    if (sv == NULL)
+        return -1;
+    for (size_t j = 0; j < over->n; j++) {
+        sv[j] = over->servers[j];
+        sv[j].backup = false;
+        if ((sv[j].text = strdup(over->servers[j].text)) == NULL) {
+            while (j-- > 0)
+                free(sv[j].text);
+            free(sv);
+            return -1;
+        }
+    }
+    if (nback)
+        memcpy(sv + over->n, bp->servers + bp->nprimary, nback * sizeof(*sv));
+    p->servers = sv;
+    p->nservers = over->n + nback;
+    p->nprimary = over->n;
+    p->servers_owned = true;
+    return 0;
+}
+
+struct sg_config *sg_config_derive(struct sg_config *base, const struct sg_pool_servers *over) {
+    struct sg_config *root = base->base ? base->base : base;
+    struct sg_config *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    memcpy(c, root, sizeof(*c));
+    atomic_init(&c->refs, 1);
+    c->base = sg_config_ref(root);
+    c->pools = calloc(root->npools + 1, sizeof(*c->pools));
+    c->routes = calloc(root->nroutes + 1, sizeof(*c->routes));
+    c->npools = 0;
+    if (c->pools == NULL || c->routes == NULL) {
+        c->nroutes = 0;
+        derived_free(c);
+        return NULL;
+    }
+    for (size_t i = 0; i < root->npools; i++) {
+        struct sg_pool *p = &c->pools[i];
+        memcpy(p, &root->pools[i], sizeof(*p));
+        p->balancer = NULL;
+        p->shared = NULL;
+        p->servers_owned = false;
+        atomic_init(&p->budget_window, 0);
+        atomic_init(&p->budget_requests, 0);
+        atomic_init(&p->budget_retries, 0);
+        atomic_init(&p->queued, 0);
+        atomic_init(&p->rr, 0);
+        c->npools = i + 1;
+        if (over && over[i].set && derive_servers(p, &root->pools[i], &over[i]) != 0) {
+            p->servers_owned = false;
+            derived_free(c);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < root->nroutes; i++) {
+        c->routes[i] = root->routes[i];
+        c->routes[i].pool = &c->pools[root->routes[i].pool - root->pools];
+        if (root->routes[i].read_pool)
+            c->routes[i].read_pool = &c->pools[root->routes[i].read_pool - root->pools];
+    }
+    return c;
 }
 
 struct sg_config *sg_config_ref(struct sg_config *c) {

@@ -74,6 +74,42 @@ struct sg_retry_cfg {
     uint64_t buffer_bytes;   /* default 64k: request bodies up to this are kept for a replay */
 };
 
+/* Autoscaling of a pool (the "scale" section; scale/scaler.h runs it). */
+enum sg_scale_driver {
+    SG_SCALE_PROCESS = 0, /* the gateway starts instances as child processes */
+    SG_SCALE_COMMAND      /* user commands scale an orchestrator and list its instances */
+};
+
+struct sg_scale_cfg {
+    bool enabled;                /* a "scale" section is present */
+    bool autoscale;              /* "enabled": the policy runs (default true); else min holds */
+    enum sg_scale_driver driver; /* default process */
+    char *command;               /* process: the instance's command; "{port}" is replaced */
+    uint16_t port_min, port_max; /* process: "ports: 9100-9199" (default 20000-20999) */
+    char *scale_to;              /* command: "... {n}" sets the instance count */
+    char *list;                  /* command: prints the instances, one host:port a line */
+    uint64_t list_interval_ms;   /* command: how often list runs (default 2s) */
+    uint32_t min, max;           /* default 1 and 10; min 0 allows scale to zero */
+    /* targets; 0 = that metric does not drive scaling */
+    double rps_per_instance, p95_ms, inflight_per_instance, cpu_percent, memory_percent, error_rate,
+        queue_per_instance;
+    char *queue_redis_list;         /* queue depth: LLEN of this Redis list */
+    char *queue_command;            /* queue depth: a number printed by this command */
+    uint64_t period_ms;             /* decision period (default 1s) */
+    uint64_t window_ms;             /* metrics window (default 5s) */
+    uint32_t tolerance_percent;     /* default 10 */
+    uint32_t up_percent;            /* scale-up per period: +up_percent % or +up_pods, the larger */
+    uint32_t up_pods;               /* (defaults 100 and 4) */
+    uint32_t down_pods;             /* scale-down per period (default 1) */
+    uint64_t up_stabilization_ms;   /* default 0 */
+    uint64_t down_stabilization_ms; /* default 300s */
+    uint64_t start_timeout_ms;      /* an instance not ready by then is replaced (60s) */
+    uint64_t drain_timeout_ms;      /* in-flight requests get this long on scale-down (30s) */
+    uint64_t stop_grace_ms;         /* SIGTERM -> SIGKILL (10s) */
+    uint64_t idle_before_zero_ms;   /* min 0: no request for this long stops the last (5m) */
+    uint64_t cold_start_timeout_ms; /* a request waits this long for an instance (30s) */
+};
+
 struct sg_pool {
     char *name;
     struct sg_server *servers; /* primaries first, then backups; nservers >= 1 */
@@ -105,6 +141,10 @@ struct sg_pool {
     _Atomic uint32_t budget_retries;
     _Atomic uint32_t queued; /* requests waiting in the queue, all workers (mutable) */
     _Atomic uint32_t rr;     /* round-robin cursor (mutable) */
+    struct sg_scale_cfg scale;
+    bool servers_owned; /* a derived snapshot's own servers array (sg_config_derive) */
+    void *shared;       /* runtime state shared by every snapshot of this pool name
+                           (struct sg_pool_state, pool/state.h); set by sg_pool_prepare */
 };
 
 struct sg_route {
@@ -129,8 +169,26 @@ struct sg_limits {
     uint64_t max_body_bytes;      /* default 10MB: longer -> 413; 0 = unlimited */
 };
 
+/* The admin API listener ("admin" section). */
+struct sg_admin_cfg {
+    bool enabled;
+    struct sg_listen listen;
+    char *token;      /* resolved from token_env or token_file at load; NULL = none */
+    char *token_from; /* "env SCALEGATE_ADMIN_TOKEN" or "file PATH", for messages */
+};
+
+/* The shared Redis ("redis" section). */
+struct sg_redis_cfg {
+    bool enabled;
+    char *host;
+    uint16_t port;
+    char *prefix;          /* default "sg:" */
+    uint64_t lease_ttl_ms; /* leader lease of the autoscaler (default 3s) */
+};
+
 struct sg_config {
     _Atomic int refs;
+    struct sg_config *base; /* a derived snapshot: the one it shares everything else with */
     char *path;
     struct sg_listen *listen; /* nlisten >= 1 */
     size_t nlisten;
@@ -140,7 +198,27 @@ struct sg_config {
     size_t npools;
     struct sg_route *routes; /* tried in order; first match wins */
     size_t nroutes;
+    struct sg_admin_cfg admin;
+    struct sg_redis_cfg redis;
 };
+
+/* A pool's replacement primaries in a derived snapshot. */
+struct sg_pool_servers {
+    bool set;                        /* false: keep the base's servers */
+    const struct sg_server *servers; /* copied (text too); weight, id and address used */
+    size_t n;
+};
+
+/*
+ * A snapshot equal to base except for the primaries of some pools (over[i]
+ * for base->pools[i]; the base's backups stay after them). It shares every
+ * string with base and holds a reference on it. The autoscaler publishes
+ * its instance lists this way. Returns NULL on ENOMEM.
+ */
+struct sg_config *sg_config_derive(struct sg_config *base, const struct sg_pool_servers *over);
+
+/* The pool named name, or NULL. */
+struct sg_pool *sg_config_pool(const struct sg_config *c, const char *name);
 
 /* Error collector: every message is kept ("file:line: key: msg"). */
 struct sg_config_errors {

@@ -48,6 +48,16 @@ void sg__config_build(struct sg__cfg_ctx *cx);
 /* The "pools" section (schema_pool.c): fills cx->cfg->pools. */
 void sg__cfg_build_pools(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
 
+/* The "scale" section of a pool, "admin" and "redis" (schema_scale.c). */
+void sg__cfg_build_scale(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_node_t *n,
+                         const char *path);
+void sg__cfg_build_admin(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
+void sg__cfg_build_redis(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
+
+/* A listen address (schema.c): l->text set (normalised) on success. */
+void sg__cfg_listen_addr(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                         struct sg_listen *l);
+
 /* ---- walk.c: reading nodes ---------------------------------------------------
  * Every function below that takes cx reports its own errors there, with
  * path as the key path, and returns a failure value after reporting. */

@@ -49,10 +49,8 @@ static const struct sg__cfg_field limit_fields[] = {
 
 /* ---- listen ------------------------------------------------------------- */
 
-static void listen_one(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path, size_t i,
-                       void *arg) {
-    struct sg_config *c = arg;
-    struct sg_listen *l = &c->listen[i];
+void sg__cfg_listen_addr(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                         struct sg_listen *l) {
     char q[SG__CFG_QUOTESZ], host[INET6_ADDRSTRLEN], text[INET6_ADDRSTRLEN + 16];
     const char *s = sg__cfg_scalar(cx, n, path, "host:port");
     if (s == NULL)
@@ -70,14 +68,27 @@ static void listen_one(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char 
         inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
         snprintf(text, sizeof(text), "%s:%u", host, ntohs(a->sin_port));
     }
+    l->text = sg__cfg_strdup(cx, text);
+}
+
+static void listen_one(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path, size_t i,
+                       void *arg) {
+    struct sg_config *c = arg;
+    struct sg_listen *l = &c->listen[i];
+    char q[SG__CFG_QUOTESZ];
+    sg__cfg_listen_addr(cx, n, path, l);
+    if (l->text == NULL)
+        return;
     for (size_t j = 0; j < i; j++) {
-        if (c->listen[j].text && strcmp(c->listen[j].text, text) == 0) {
+        if (c->listen[j].text && strcmp(c->listen[j].text, l->text) == 0) {
+            const char *s = (const char *)n->data.scalar.value;
             sg__cfg_error(cx, n, path, "%s is listed twice (%s)", sg__cfg_quote(q, sizeof(q), s),
-                          text);
+                          l->text);
+            free(l->text);
+            l->text = NULL;
             return;
         }
     }
-    l->text = sg__cfg_strdup(cx, text);
 }
 
 static void build_listen(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path) {
@@ -366,8 +377,9 @@ static void build_routes(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
 /* ---- the document ------------------------------------------------------- */
 
 void sg__config_build(struct sg__cfg_ctx *cx) {
-    static const char *const names[] = {"listen", "workers", "limits", "pools", "routes"};
-    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, NROOT };
+    static const char *const names[] = {"listen", "workers", "limits", "pools",
+                                        "routes", "admin",   "redis"};
+    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, ADMIN, REDIS, NROOT };
     struct sg_config *c = cx->cfg;
     yaml_node_t *vals[NROOT];
 
@@ -403,6 +415,10 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
         build_workers(cx, vals[WORKERS], "workers");
     if (vals[LIMITS])
         build_limits(cx, vals[LIMITS], "limits");
+    if (vals[ADMIN])
+        sg__cfg_build_admin(cx, vals[ADMIN], "admin");
+    if (vals[REDIS])
+        sg__cfg_build_redis(cx, vals[REDIS], "redis");
     if (vals[POOLS])
         sg__cfg_build_pools(cx, vals[POOLS], "pools");
     else

@@ -217,21 +217,30 @@ static long count_servers(struct sg__cfg_ctx *cx, const yaml_node_t *n, const ch
 
 /* Fills pool->servers: the primaries (servers), then the backups. */
 static void build_servers(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_node_t *pool_node,
-                          const yaml_node_t *prim, const yaml_node_t *back, const char *path) {
+                          const yaml_node_t *prim, const yaml_node_t *back, const char *path,
+                          const yaml_node_t *scale) {
     char kp[SG__CFG_PATHSZ], bp[SG__CFG_PATHSZ];
     long np = -1, nb = 0;
 
     sg__cfg_path_key(kp, path, "servers");
     sg__cfg_path_key(bp, path, "backup");
-    if (prim == NULL)
+    if (scale && prim) {
+        sg__cfg_error(cx, prim, kp,
+                      "a pool with scale gets its servers from its instances: remove servers "
+                      "(backup may stay)");
+        np = 0;
+    } else if (scale) {
+        np = 0; /* the autoscaler fills the primaries at run time */
+    } else if (prim == NULL) {
         sg__cfg_error(cx, pool_node, kp, "required key is missing");
-    else
+    } else {
         np = count_servers(cx, prim, kp);
+    }
     if (back)
         nb = count_servers(cx, back, bp);
     size_t nprim = np > 0 ? (size_t)np : 0, total = nprim + (nb > 0 ? (size_t)nb : 0);
     if (total == 0)
-        return; /* an error was reported */
+        return; /* an error was reported, or a scaled pool without backups */
     p->servers = sg__cfg_alloc(cx, total, sizeof(*p->servers));
     if (p->servers == NULL)
         return;
@@ -490,9 +499,21 @@ static void build_retry(struct sg__cfg_ctx *cx, struct sg_retry_cfg *r, const ya
 
 static void build_pool(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_node_t *n,
                        const char *path) {
-    static const char *const names[] = {"servers",       "backup", "balance", "hash_key",
-                                        "hash_fallback", "health", "outlier", "retry"};
-    enum { SERVERS, BACKUP, BALANCE, HASH_KEY, HASH_FALLBACK, HEALTH, OUTLIER, RETRY, NKEYS };
+    static const char *const names[] = {"servers",  "backup",        "balance",
+                                        "hash_key", "hash_fallback", "health",
+                                        "outlier",  "retry",         "scale"};
+    enum {
+        SERVERS,
+        BACKUP,
+        BALANCE,
+        HASH_KEY,
+        HASH_FALLBACK,
+        HEALTH,
+        OUTLIER,
+        RETRY,
+        SCALE,
+        NKEYS
+    };
     yaml_node_t *vals[NKEYS + NPOOLF];
     char kp[SG__CFG_PATHSZ];
     int algo = SG_BALANCE_ROUND_ROBIN;
@@ -506,7 +527,7 @@ static void build_pool(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_nod
     if (!sg__cfg_get_map_fields(cx, n, path, names, NKEYS, pool_fields, NPOOLF, vals))
         return;
     sg__cfg_fields(cx, pool_fields, NPOOLF, vals + NKEYS, path, p, NULL);
-    build_servers(cx, p, n, vals[SERVERS], vals[BACKUP], path);
+    build_servers(cx, p, n, vals[SERVERS], vals[BACKUP], path, vals[SCALE]);
 
     if (vals[BALANCE]) {
         sg__cfg_path_key(kp, path, "balance");
@@ -545,6 +566,17 @@ static void build_pool(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_nod
     if (vals[RETRY]) {
         sg__cfg_path_key(kp, path, "retry");
         build_retry(cx, &p->retry, vals[RETRY], kp);
+    }
+    if (vals[SCALE]) {
+        sg__cfg_path_key(kp, path, "scale");
+        sg__cfg_build_scale(cx, p, vals[SCALE], kp);
+        /* instances join when their health check passes: a scaled pool is
+         * always checked, by default every second, ready at the first pass */
+        if (p->scale.enabled && !p->health.enabled) {
+            p->health.enabled = true;
+            p->health.interval_ms = 1000;
+            p->health.rise = 1;
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_NAMES 16 /* keys of the largest map in the schema (a pool) */
+#define MAX_NAMES 32 /* keys of the largest map in the schema (a pool's scale) */
 
 /* ---- nodes and messages --------------------------------------------------- */
 

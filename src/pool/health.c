@@ -47,6 +47,7 @@
 #define CHECK_HEAD_MAX    4096 /* a larger response head fails the check */
 #define CHECK_MAX_HEADERS 64   /* more header fields fail the check too */
 #define FIRST_CHECK_MS    100  /* first checks are spread over this after a target starts */
+#define FAST_CHECK_MS     100  /* check interval of a starting instance (fast_check_until) */
 
 /* The check request: method, path, Host. One request per connection. */
 #define CHECK_REQ                                                                                  \
@@ -183,10 +184,26 @@ static struct target *check_end(struct check *c) {
     return t;
 }
 
+static void on_tick(uv_timer_t *h);
+
+/* A server still DOWN inside its fast-check window (an instance the
+ * autoscaler just started) is checked again after FAST_CHECK_MS, not a
+ * whole interval later: it joins as soon as it answers. */
+static void maybe_fast(struct target *t) {
+    struct sg_server_state *st = t->st;
+    uint64_t until = atomic_load_explicit(&st->fast_check_until, memory_order_relaxed);
+    if (until && t->interval_ms > FAST_CHECK_MS &&
+        atomic_load_explicit(&st->health, memory_order_relaxed) == SG_HEALTH_DOWN &&
+        sg_state_now() < until)
+        uv_timer_start(&t->tick, on_tick, FAST_CHECK_MS, t->interval_ms);
+}
+
 static void check_pass(struct check *c) {
     struct target *t = check_end(c);
-    if (t)
+    if (t) {
         record_pass(t);
+        maybe_fast(t);
+    }
 }
 
 static void check_fail(struct check *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -201,6 +218,7 @@ static void check_fail(struct check *c, const char *fmt, ...) {
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
     record_fail(t, why);
+    maybe_fast(t);
 }
 
 static void on_timeout(uv_timer_t *h) {

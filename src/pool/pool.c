@@ -23,6 +23,8 @@ int sg_pool_prepare(struct sg_config *cfg) {
         struct sg_pool *pool = &cfg->pools[p];
         for (size_t i = 0; i < pool->nservers; i++)
             sg_server_state(pool->servers[i].id);
+        if (!pool->shared && !(pool->shared = sg_pool_state(pool->name)))
+            return -ENOMEM;
         if (!pool->balancer) {
             pool->balancer = sg_balancer_new(pool);
             if (!pool->balancer)

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #define CHUNK_BITS 10
@@ -100,7 +101,7 @@ uint32_t sg_server_effective_weight(const struct sg_server_state *st, uint32_t w
 /* Returns 0, -EINVAL for a bad value or id, -ENOMEM if the record could not
  * be created. Enabling a server that was draining or disabled starts its
  * slow start (recovered_at = now), like a recovery from DOWN. */
-int sg_server_set_admin(uint32_t id, enum sg_admin a) {
+int sg_server_set_admin(uint32_t id, enum sg_admin_state a) {
     if ((unsigned)a > SG_ADMIN_DISABLED || id >= MAX_IDS)
         return -EINVAL;
     struct sg_server_state *st = sg_server_state(id);
@@ -112,4 +113,47 @@ int sg_server_set_admin(uint32_t id, enum sg_admin a) {
         atomic_store_explicit(&st->recovered_at, now ? now : 1, memory_order_relaxed);
     }
     return 0;
+}
+
+/* v = ms + 4 >= 4, so every bucket is one quarter of a doubling of v:
+ * 0, 1, 2, 3 ms get one bucket each, then the buckets widen. */
+unsigned sg_latency_bucket(uint64_t ms) {
+    uint64_t v = ms < UINT64_MAX - 4 ? ms + 4 : UINT64_MAX;
+    unsigned e = 63u - (unsigned)__builtin_clzll(v);
+    unsigned b = (e - 2) * 4 + ((unsigned)(v >> (e - 2)) & 3u);
+    return b < SG_LATENCY_BUCKETS ? b : SG_LATENCY_BUCKETS - 1;
+}
+
+uint64_t sg_latency_bound(unsigned b) {
+    if (b + 1 >= SG_LATENCY_BUCKETS)
+        return UINT64_MAX;
+    unsigned n = b + 1;
+    uint64_t low = (uint64_t)(4 + n % 4) << (n / 4); /* smallest v of bucket b + 1 */
+    return low - 5;
+}
+
+void sg_server_observe(struct sg_server_state *st, uint64_t ms) {
+    if (st != NULL)
+        atomic_fetch_add_explicit(&st->latency[sg_latency_bucket(ms)], 1, memory_order_relaxed);
+}
+
+#define MAX_POOLS 1024u
+static struct sg_pool_state *pools[MAX_POOLS];
+static size_t npools;
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void (*sg_pool_demand_hook)(void);
+
+struct sg_pool_state *sg_pool_state(const char *name) {
+    struct sg_pool_state *ps = NULL;
+    pthread_mutex_lock(&pools_lock);
+    for (size_t i = 0; i < npools && !ps; i++)
+        if (strncmp(pools[i]->name, name, sizeof(ps->name) - 1) == 0)
+            ps = pools[i];
+    if (ps == NULL && npools < MAX_POOLS && (ps = calloc(1, sizeof(*ps))) != NULL) {
+        strncpy(ps->name, name, sizeof(ps->name) - 1);
+        pools[npools++] = ps;
+    }
+    pthread_mutex_unlock(&pools_lock);
+    return ps;
 }

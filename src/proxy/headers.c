@@ -45,12 +45,12 @@ static struct sg_buf *finish(struct sg_buf *b, struct out *o) {
 }
 
 struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
-                                const struct sg_server *srv, bool upgrade, bool strip_expect) {
+                                const char *fallback_host, bool upgrade, bool strip_expect) {
     /* Room: the original head plus what is added. */
     size_t cap = m->target_len + m->method_len + 64;
     for (uint32_t i = 0; i < m->num_headers; i++)
         cap += m->headers[i].name_len + m->headers[i].value_len + 4;
-    cap += 256 + strlen(srv->text);
+    cap += 256 + strlen(fallback_host);
     struct sg_buf *b = sg_buf_get_size(cap);
     struct out o = {b->data, b->data + b->cap};
 
@@ -82,8 +82,8 @@ struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
         host_len = m->headers[m->host_index].value_len;
     }
     if (!host) {
-        host = srv->text;
-        host_len = strlen(srv->text);
+        host = fallback_host; /* HTTP/1.0 without Host: the pool's name, as nginx does */
+        host_len = strlen(fallback_host);
     }
     put(&o, m->method, m->method_len);
     PUTS(&o, " ");

@@ -364,8 +364,25 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
     struct sg_pick_key key = {.has_key = has_key, .key_hash = key_hash};
     sg_pool_count_request(pool);
     int i = sg_pool_pick(pool, &key, 0, sg_worker_random(w));
-    bool wait = false;
-    if (i == SG_POOL_FULL) {
+    bool wait = false, cold = false;
+    if (i == -1 && pool->scale.enabled) {
+        /* A scaled pool with no instance ready (scaled to zero, or all
+         * starting): wait for one up to cold_start_timeout. */
+        uint32_t q = atomic_fetch_add(&((struct sg_pool *)pool)->queued, 1);
+        if (q >= pool->queue_size) {
+            atomic_fetch_sub(&((struct sg_pool *)pool)->queued, 1);
+            sg_log_warn("pool %s: no instance ready and the queue is full (%u)", pool->name,
+                        pool->queue_size);
+            return 503;
+        }
+        struct sg_pool_state *ps = pool->shared;
+        if (ps && atomic_fetch_add(&ps->demand, 1) == 0)
+            sg_log_info("pool %s: no instance ready; requests wait for one (cold start)",
+                        pool->name);
+        if (sg_pool_demand_hook)
+            sg_pool_demand_hook();
+        wait = cold = true;
+    } else if (i == SG_POOL_FULL) {
         /* Every usable server is at its max_connections: wait in the queue
          * if there is room (503 otherwise, like when none is usable). */
         uint32_t q = atomic_fetch_add(&((struct sg_pool *)pool)->queued, 1);
@@ -384,8 +401,10 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
     ex->client = c;
     ex->cfg = sg_config_ref(w->cfg);
     ex->pool = pool;
+    ex->start_ms = now_ms(ex);
     if (wait) {
         ex->queued = 1;
+        ex->cold = cold;
         sg_list_insert_tail(&w->waiting, &ex->qlink);
         if (!uv_is_active((uv_handle_t *)&w->waiting_check))
             uv_check_start(&w->waiting_check, sg_proxy_queue_run);
@@ -411,7 +430,7 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
         ex->req_left = msg->content_length;
     else if (msg->body == SG_BODY_CHUNKED)
         sg_http_chunked_init(&ex->req_ch, ex->cfg->limits.max_body_bytes, 16384);
-    ex->head = sg__request_head(c, msg, &pool->servers[0], msg->upgrade, msg->expect_continue);
+    ex->head = sg__request_head(c, msg, pool->name, msg->upgrade, msg->expect_continue);
     if (!ex->head) {
         ex_free(w, ex);
         return 431;
@@ -434,10 +453,25 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
         }
     }
     if (ex->queued)
-        c->deadline = now_ms(ex) + pool->queue_timeout_ms;
+        c->deadline =
+            now_ms(ex) + (ex->cold ? pool->scale.cold_start_timeout_ms : pool->queue_timeout_ms);
     else
         attach_upstream(ex);
     return 0;
+}
+
+/* A newer snapshot arrived while ex waited (an instance joined, a reload):
+ * wait on in the same pool of the new one, whose servers may be usable. A
+ * pool gone from the config keeps the old snapshot (and fails as before). */
+static void requeue(struct sg_worker *w, struct sg_exchange *ex) {
+    const struct sg_pool *np = sg_config_pool(w->cfg, ex->pool->name);
+    if (np == NULL)
+        return;
+    atomic_fetch_sub_explicit(&((struct sg_pool *)ex->pool)->queued, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&((struct sg_pool *)np)->queued, 1, memory_order_relaxed);
+    sg_config_unref(ex->cfg);
+    ex->cfg = sg_config_ref(w->cfg);
+    ex->pool = np;
 }
 
 void sg_proxy_queue_run(uv_check_t *h) {
@@ -446,10 +480,12 @@ void sg_proxy_queue_run(uv_check_t *h) {
     for (struct sg_list *it = head->next, *next; it != head; it = next) {
         next = it->next;
         struct sg_exchange *ex = sg_container_of(it, struct sg_exchange, qlink);
+        if (ex->cfg != w->cfg)
+            requeue(w, ex);
         struct sg_pick_key key = {.has_key = ex->has_key, .key_hash = ex->key_hash};
         int i = sg_pool_pick(ex->pool, &key, 0, sg_worker_random(w));
-        if (i == SG_POOL_FULL)
-            continue;
+        if (i == SG_POOL_FULL || (i == -1 && ex->pool->scale.enabled))
+            continue; /* wait on, until the deadline */
         dequeue(w, ex);
         if (i < 0) {
             sg_log_warn("pool %s: no server available for a queued request", ex->pool->name);
@@ -708,6 +744,7 @@ void sg__proxy_upstream_data(struct sg_exchange *ex) {
     }
     ex->resp_started = 1;
     sg_pool_report(ex->pool, ex->server_idx, msg.status >= 500 ? SG_OUTCOME_5XX : SG_OUTCOME_OK);
+    sg_server_observe(sg_server_state(ex->server->id), now_ms(ex) - ex->start_ms);
     if (ex->head && !up->writing) {
         sg_buf_put(ex->head);
         ex->head = NULL;
@@ -802,6 +839,12 @@ void sg_proxy_client_written(struct sg_conn *c, int status) {
 
 void sg_proxy_timeout(struct sg_conn *c) {
     struct sg_exchange *ex = c->ex;
+    if (ex && ex->queued && ex->cold) {
+        sg_log_warn("pool %s: no instance was ready within cold_start_timeout (%llu ms)",
+                    ex->pool->name, (unsigned long long)ex->pool->scale.cold_start_timeout_ms);
+        fail(ex, 503);
+        return;
+    }
     if (ex && ex->queued) {
         sg_log_warn("pool %s: request waited queue_timeout (%llu ms) for a server", ex->pool->name,
                     (unsigned long long)ex->pool->queue_timeout_ms);

@@ -51,6 +51,7 @@ struct sg_exchange {
     struct sg_buf *replay; /* request body bytes sent so far, kept for a retry
                               while they fit retry.buffer (NULL otherwise) */
     uint64_t tried;        /* bit i: pool->servers[i] was tried */
+    uint64_t start_ms;     /* uv_now when the request head was complete */
     uint64_t key_hash;     /* balance: hash */
     uint32_t server_idx;   /* index of server in pool->servers */
     uint8_t attempts;      /* servers tried so far */
@@ -80,6 +81,7 @@ struct sg_exchange {
     uint8_t replay_sent : 1;    /* replay written to the current upstream */
     uint8_t counted : 1;        /* server's inflight counts this request */
     uint8_t queued : 1;         /* waiting in w->waiting for a server (server is NULL) */
+    uint8_t cold : 1;           /* queued for a scaled pool's first instance (cold start) */
 };
 
 /* upstream.c */
@@ -100,7 +102,7 @@ void sg__proxy_upstream_written(struct sg_exchange *ex, int status);
 
 /* headers.c */
 struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
-                                const struct sg_server *srv, bool upgrade, bool strip_expect);
+                                const char *fallback_host, bool upgrade, bool strip_expect);
 struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, bool client_http10,
                                  bool decode);
 

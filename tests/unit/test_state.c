@@ -153,8 +153,8 @@ static void test_set_admin(void **state) {
     assert_int_equal(sg_server_set_admin(40, SG_ADMIN_ENABLED), 0);
     assert_int_equal(atomic_load(&st->recovered_at), 7);
 
-    assert_int_equal(sg_server_set_admin(40, (enum sg_admin)3), -EINVAL);
-    assert_int_equal(sg_server_set_admin(40, (enum sg_admin) - 1), -EINVAL);
+    assert_int_equal(sg_server_set_admin(40, (enum sg_admin_state)3), -EINVAL);
+    assert_int_equal(sg_server_set_admin(40, (enum sg_admin_state) - 1), -EINVAL);
     assert_int_equal(atomic_load(&st->admin), SG_ADMIN_ENABLED);
     assert_int_equal(sg_server_set_admin(1u << 20, SG_ADMIN_DISABLED), -EINVAL);
 
