@@ -623,3 +623,75 @@ def test_two_gateways_one_leader(gateway, orchestrator, redis_server):
     assert took <= 3.5, took
     kinds = [e["event"] for e in other_admin.history()]
     assert "leader" in kinds
+
+
+# --------------------------------------------------------------------------
+# Queue depth (seed 001: workers scale with the queue)
+
+
+def test_queue_depth_from_a_command(gateway, tmp_path):
+    depth = tmp_path / "depth"
+    depth.write_text("35\n")
+    g, admin = start_scaled(gateway, {
+        "command": serial_command(1), "min": 1, "max": 4, "ports": "%d-%d" % port_range(8),
+        "queue": {"command": '"cat %s"' % depth}, "scale_down_stabilization": "1s",
+        "targets": {"queue_per_instance": 10}})
+    # 35 waiting items at 10 per instance: 4
+    assert wait_until(lambda: admin.status()["ready"] == 4, 20), admin.status()
+    assert admin.metrics()["queue_depth"] == 35
+    depth.write_text("0\n")
+    assert wait_until(lambda: admin.status()["instances_total"] == 1, 20), admin.status()
+    depth.write_text("not a number\n")
+    assert wait_until(lambda: admin.metrics()["queue_depth"] is None, 5), admin.metrics()
+    assert "queue command failed or printed no number" in g.log()
+
+
+def redis_cmd(port, *args):
+    """One RESP command on a fresh connection; returns the raw reply."""
+    out = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() if isinstance(x, str) else x
+                                                   for x in args))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(out)
+        return s.recv(4096)
+
+
+def test_queue_depth_from_a_redis_list(gateway, redis_server):
+    top = "redis: { url: redis://127.0.0.1:%d }" % redis_server
+    g, admin = start_scaled(gateway, {
+        "command": serial_command(1), "min": 1, "max": 5, "ports": "%d-%d" % port_range(10),
+        "queue": {"redis_list": "jobs"}, "targets": {"queue_per_instance": 10}}, top=top)
+    assert wait_until(lambda: admin.status()["ready"] == 1, 15), admin.status()
+    assert redis_cmd(redis_server, "RPUSH", "jobs", *["j%d" % i for i in range(25)]) == b":25\r\n"
+    assert wait_until(lambda: admin.status()["ready"] == 3, 20), (admin.status(), admin.metrics())
+    assert admin.metrics()["queue_depth"] == 25
+
+
+def test_reload_keeps_running_instances(gateway):
+    admin_port = free_port()
+    ports = "%d-%d" % port_range(8)
+    scale = {"command": serial_command(1), "min": 2, "max": 4, "ports": ports,
+             "targets": {"p95_ms": 500}}
+    g = gateway(config=scaled_config(scale, admin_port), env=ENV)
+    admin = Admin(admin_port)
+    assert wait_until(lambda: admin.status()["ready"] == 2, 15), admin.status()
+    before = set(instance_pids(admin.status()))
+    scale["min"] = 3
+    g.reload(scaled_config(scale, admin_port).replace("@PORT@", str(g.port)))
+    assert wait_until(lambda: admin.status()["ready"] == 3, 15), (admin.status(), tail(g.log()))
+    after = set(instance_pids(admin.status()))
+    assert before < after, (before, after)
+    # a broken file: logged, everything keeps running as it was
+    g.reload(scaled_config(dict(scale, min=9), admin_port).replace("@PORT@", str(g.port)))
+    assert wait_until(lambda: "reload failed" in g.log(), 5), tail(g.log())
+    assert "scale.min: min (9) is more than max (4)" in g.log()
+    time.sleep(1)
+    assert set(instance_pids(admin.status())) == after
+    assert all(get(g.port)[0] == 200 for _ in range(5))
+    # a new instance command: the old instances drain and new ones start
+    scale["command"] = serial_command(2)
+    g.reload(scaled_config(scale, admin_port).replace("@PORT@", str(g.port)))
+    assert wait_until(lambda: admin.status()["ready"] == 3 and
+                      not set(instance_pids(admin.status())) & after, 20), admin.status()
+    assert wait_until(lambda: not any(alive(p) for p in after), 15)
+    assert all(get(g.port)[0] == 200 for _ in range(5))

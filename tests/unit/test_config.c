@@ -300,6 +300,7 @@ static void test_demo_file(void **state) {
     struct sg_config_errors e;
     if (access("examples/demo.yaml", R_OK) != 0)
         skip(); /* run from the repository root (make unit does) */
+    setenv("SCALEGATE_ADMIN_TOKEN", "demo-token", 1);
     struct sg_config *c = sg_config_load("examples/demo.yaml", &e);
     for (size_t i = 0; c == NULL && i < e.n; i++)
         print_error("%s\n", e.msgs[i]);
@@ -308,12 +309,95 @@ static void test_demo_file(void **state) {
     assert_int_equal(c->workers, cores());
     assert_int_equal(c->npools, 1);
     assert_string_equal(c->pools[0].name, "app");
-    assert_int_equal(c->pools[0].nservers, 2);
-    assert_string_equal(c->pools[0].servers[1].text, "127.0.0.1:9002");
+    assert_int_equal(c->pools[0].nservers, 0); /* the autoscaler starts the instances */
+    assert_true(c->pools[0].scale.enabled);
+    assert_int_equal(c->pools[0].scale.min, 2);
+    assert_int_equal(c->pools[0].scale.port_min, 9100);
+    assert_true(c->admin.enabled);
+    assert_string_equal(c->admin.token, "demo-token");
     assert_true(c->pools[0].health.enabled); /* the demo backends answer GET /health */
     assert_string_equal(c->pools[0].health.path, "/health");
     assert_non_null(sg_config_route(c, "x", 1, "/", 1, SG_METHOD_GET));
     sg_config_unref(c);
+}
+
+static const char scale_yaml[] =
+    "listen: 80\n"
+    "redis: { url: \"redis://[::1]:6380\", lease_ttl: 2s }\n"
+    "pools:\n"
+    "  web:\n"
+    "    servers: [127.0.0.1:9001]\n"
+    "  app:\n"
+    "    backup: [127.0.0.1:9009]\n"
+    "    scale:\n"
+    "      command: \"./b --port {port}\"\n"
+    "      ports: 9100-9103\n"
+    "      min: 0\n"
+    "      max: 4\n"
+    "      targets: { p95_ms: 250.5, error_rate_percent: 5, queue_per_instance: 20 }\n"
+    "      queue: { redis_list: jobs }\n"
+    "routes:\n"
+    "  - match: { path_prefix: /web }\n"
+    "    pool: web\n"
+    "  - match: { path_prefix: / }\n"
+    "    pool: app\n";
+
+/* The scale section's values and defaults, and a derived snapshot: new
+ * primaries for one pool, backups kept, routes pointing at its own pools,
+ * everything else shared with the base and freed once (ASan checks). */
+static void test_scale_and_derive(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok(scale_yaml);
+    const struct sg_pool *app = &c->pools[1];
+    const struct sg_scale_cfg *s = &app->scale;
+    assert_true(s->enabled && s->autoscale);
+    assert_int_equal(s->driver, SG_SCALE_PROCESS);
+    assert_int_equal(s->port_min, 9100);
+    assert_int_equal(s->port_max, 9103);
+    assert_int_equal(s->min, 0);
+    assert_int_equal(s->max, 4);
+    assert_true(s->p95_ms > 250.49 && s->p95_ms < 250.51);
+    assert_true(s->error_rate > 0.0499 && s->error_rate < 0.0501);
+    assert_string_equal(s->queue_redis_list, "jobs");
+    assert_int_equal(s->period_ms, 1000);
+    assert_int_equal(s->down_stabilization_ms, 300000);
+    assert_int_equal(s->cold_start_timeout_ms, 30000);
+    assert_true(app->health.enabled); /* checked by default: instances join on a pass */
+    assert_int_equal(app->health.interval_ms, 1000);
+    assert_int_equal(app->health.rise, 1);
+    assert_int_equal(app->nprimary, 0);
+    assert_int_equal(app->nservers, 1);
+    assert_string_equal(c->redis.host, "::1");
+    assert_int_equal(c->redis.port, 6380);
+    assert_int_equal(c->redis.lease_ttl_ms, 2000);
+    assert_string_equal(c->redis.prefix, "sg:");
+
+    struct sg_server inst[2] = {{.text = "127.0.0.1:9100", .weight = 1, .id = 7},
+                                {.text = "127.0.0.1:9101", .weight = 1, .id = 8}};
+    struct sg_pool_servers over[2] = {{.set = false}, {.set = true, .servers = inst, .n = 2}};
+    struct sg_config *d = sg_config_derive(c, over);
+    assert_non_null(d);
+    assert_ptr_equal(d->base, c);
+    const struct sg_pool *dapp = sg_config_pool(d, "app");
+    assert_non_null(dapp);
+    assert_int_equal(dapp->nprimary, 2);
+    assert_int_equal(dapp->nservers, 3);
+    assert_string_equal(dapp->servers[0].text, "127.0.0.1:9100");
+    assert_ptr_not_equal(dapp->servers[0].text, inst[0].text); /* copied */
+    assert_string_equal(dapp->servers[2].text, "127.0.0.1:9009");
+    assert_true(dapp->servers[2].backup);
+    assert_ptr_equal(dapp->name, app->name); /* shared */
+    assert_ptr_equal(d->pools[0].servers, c->pools[0].servers);
+    assert_ptr_equal(d->routes[0].pool, &d->pools[0]);
+    assert_ptr_equal(d->routes[1].pool, &d->pools[1]);
+    /* a derived snapshot derives from the base, not from itself */
+    struct sg_config *d2 = sg_config_derive(d, NULL);
+    assert_ptr_equal(d2->base, c);
+    assert_int_equal(sg_config_pool(d2, "app")->nprimary, 0);
+    sg_config_unref(c); /* the derived ones keep it */
+    assert_string_equal(sg_config_pool(d, "app")->scale.command, "./b --port {port}");
+    sg_config_unref(d);
+    sg_config_unref(d2);
 }
 
 static void test_load_file(void **state) {
@@ -1342,6 +1426,7 @@ int main(void) {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_variants),
         cmocka_unit_test(test_demo_file),
+        cmocka_unit_test(test_scale_and_derive),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_errors_one_by_one),
         cmocka_unit_test(test_errors_collected),
