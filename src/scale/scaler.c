@@ -374,6 +374,7 @@ static void stop_now(struct inst *in) {
     if (in->proc) {
         sg_supervisor_stop_instance(sp->sv, in->proc); /* may free in (STOPPED) */
     } else {
+        sg_server_set_admin(in->id, SG_ADMIN_ENABLED); /* the address may serve again */
         inst_free(in);
     }
 }
@@ -421,6 +422,7 @@ static void on_supervisor(struct sg_supervisor *sv, struct sg_instance *p,
         break;
     case SG_SUPERVISOR_STOPPED:
         sg_log_info("pool %s: instance %u on %s stopped", sp->name, p->id, in->addr);
+        sg_server_set_admin(in->id, SG_ADMIN_ENABLED); /* the address may serve again */
         inst_free(in); /* a removed pool's spool goes at the next tick */
         break;
     default:
@@ -914,7 +916,6 @@ static void advance(struct spool *sp, uint64_t now) {
              * picked it just before has started (and counts in flight) */
             if (now - in->since >= TICK_MS && (atomic_load(&in->st->inflight) == 0 ||
                                                now - in->since >= sp->cfg.drain_timeout_ms)) {
-                sg_server_set_admin(in->id, SG_ADMIN_ENABLED);
                 stop_now(in); /* may free in */
             }
             break;
