@@ -107,6 +107,8 @@ struct cmd {
     int status; /* exit status, or -1 (signal, spawn failure, timeout) */
 };
 
+struct qticket;
+
 struct spool {
     struct sg_list link;
     struct sg_scaler *s;
@@ -145,11 +147,15 @@ struct spool {
     uint32_t requested; /* the last count scale_to was run with */
     bool have_requested;
     struct sg_lease *lease;
+    uint64_t redis_down_since; /* uv_now when the link was first seen down; 0 = up */
+    bool redis_lost;           /* down for three lease periods: deciding locally */
     /* queue depth */
     struct cmd *queue_cmd;
     double queue_depth;
     bool has_queue_value;
     bool queue_pending;
+    struct qticket *qticket;  /* the pending LLEN's, or NULL */
+    struct sg_pool_state *ps; /* shared runtime state of the pool (demand) */
 };
 
 struct sg_scaler {
@@ -633,8 +639,37 @@ static char *expand(const char *tmpl, const char *key, unsigned long v) {
     return out;
 }
 
+/* Whether this gateway runs the pool's policy: always for its own
+ * processes; for an orchestrator's pool, while it holds the lease, or when
+ * Redis has been unreachable for three lease periods (then every gateway
+ * decides for itself: scale_to sets an absolute count, so gateways that
+ * agree on the load ask for the same one). */
 static bool leader(const struct spool *sp) {
-    return sp->cfg.driver == SG_SCALE_PROCESS || sp->lease == NULL || sg_lease_held(sp->lease);
+    return sp->cfg.driver == SG_SCALE_PROCESS || sp->lease == NULL || sg_lease_held(sp->lease) ||
+           sp->redis_lost;
+}
+
+/* Follows the Redis link for the fallback above. */
+static void watch_redis(struct spool *sp, uint64_t now) {
+    if (sp->lease == NULL)
+        return;
+    if (sg_redis_connected(sp->s->redis)) {
+        if (sp->redis_lost) {
+            sg_log_info("pool %s: redis is back: the lease decides who scales again", sp->name);
+            history(sp, "redis_back", 0, 0, "the lease decides again");
+        }
+        sp->redis_down_since = 0;
+        sp->redis_lost = false;
+        return;
+    }
+    if (sp->redis_down_since == 0)
+        sp->redis_down_since = now;
+    if (!sp->redis_lost && now - sp->redis_down_since >= 3 * sp->s->lease_ttl_ms) {
+        sp->redis_lost = true;
+        sg_log_warn("pool %s: redis unreachable for %llu ms: this gateway decides on its own",
+                    sp->name, (unsigned long long)(now - sp->redis_down_since));
+        history(sp, "redis_lost", 0, 0, "redis unreachable: deciding locally");
+    }
 }
 
 static void on_lease(void *arg, bool lead) {
@@ -649,8 +684,20 @@ static void on_lease(void *arg, bool lead) {
 
 /* ---- queue depth ------------------------------------------------------------ */
 
+/* The argument of a pending LLEN: the link may call back after the spool
+ * is gone (sg_redis_free cancels late), so the spool is reached through
+ * this ticket, which the spool clears when it goes. Freed by the callback. */
+struct qticket {
+    struct spool *sp;
+};
+
 static void on_llen(void *arg, long long len, int err) {
-    struct spool *sp = arg;
+    struct qticket *t = arg;
+    struct spool *sp = t->sp;
+    free(t);
+    if (sp == NULL)
+        return;
+    sp->qticket = NULL;
     sp->queue_pending = false;
     if (err < 0) {
         sp->has_queue_value = false;
@@ -677,10 +724,16 @@ static void queue_done(struct spool *sp, struct cmd *c, int status) {
 
 static void fetch_queue(struct spool *sp) {
     if (sp->cfg.queue_redis_list && sp->s->redis && !sp->queue_pending) {
-        /* a spool lives until the loop ends; the link fails pending calls
-         * before it goes (sg_redis_free), so sp outlives them */
-        if (sg_redis_llen(sp->s->redis, sp->cfg.queue_redis_list, on_llen, sp) == 0)
+        struct qticket *t = malloc(sizeof(*t));
+        if (t == NULL)
+            return;
+        t->sp = sp;
+        if (sg_redis_llen(sp->s->redis, sp->cfg.queue_redis_list, on_llen, t) == 0) {
             sp->queue_pending = true;
+            sp->qticket = t;
+        } else {
+            free(t);
+        }
     } else if (sp->cfg.queue_command && sp->queue_cmd == NULL) {
         sp->queue_cmd = cmd_run(sp, sp->cfg.queue_command, queue_done);
     }
@@ -936,14 +989,14 @@ static void spool_tick(struct spool *sp, uint64_t now) {
         }
         return;
     }
+    watch_redis(sp, now);
     if (sp->cfg.driver == SG_SCALE_COMMAND && sp->list_cmd == NULL &&
         (sp->last_list == 0 || now - sp->last_list >= sp->cfg.list_interval_ms)) {
         sp->last_list = now;
         sp->list_cmd = cmd_run(sp, sp->cfg.list, list_done);
     }
     /* cold start: a request waits and nothing is coming */
-    struct sg_pool_state *ps = sg_pool_state(sp->name);
-    uint64_t demand = ps ? atomic_load(&ps->demand) : 0;
+    uint64_t demand = sp->ps ? atomic_load(&sp->ps->demand) : 0;
     if (demand != sp->demand_seen) {
         sp->demand_seen = demand;
         sp->last_activity = now;
@@ -1033,8 +1086,8 @@ static struct spool *spool_new(struct sg_scaler *s, const struct sg_pool *p) {
     uint64_t now = uv_now(s->loop);
     sp->last_activity = now;
     sp->last_decide = now;
-    struct sg_pool_state *ps = sg_pool_state(sp->name);
-    sp->demand_seen = ps ? atomic_load(&ps->demand) : 0;
+    sp->ps = sg_pool_state(sp->name);
+    sp->demand_seen = sp->ps ? atomic_load(&sp->ps->demand) : 0;
     if (p->scale.driver == SG_SCALE_PROCESS) {
         struct sg_supervisor_cfg sc = {
             .command = p->scale.command,
@@ -1065,6 +1118,8 @@ static struct spool *spool_new(struct sg_scaler *s, const struct sg_pool *p) {
 }
 
 static void spool_release(struct spool *sp) {
+    if (sp->qticket)
+        sp->qticket->sp = NULL;
     cmd_detach(sp->list_cmd);
     cmd_detach(sp->scale_cmd);
     cmd_detach(sp->queue_cmd);

@@ -574,29 +574,48 @@ def test_command_driver_scales_an_orchestrator(gateway, orchestrator):
 # Several gateways: the lease in Redis
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    port = free_port()
-    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class RedisServer:
+    """A real redis-server on a free port; int(r) is the port."""
 
-    def up():
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.dir = tmp_path
+        self.proc = None
+        self.start()
+
+    def __int__(self):
+        return self.port
+
+    def up(self):
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
             return True
         except OSError:
             return False
 
-    assert wait_until(up, 10), "redis-server did not start"
-    yield port
-    p.kill()
-    p.wait()
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(self.up, 10), "redis-server did not start"
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    r = RedisServer(tmp_path)
+    yield r
+    r.kill()
 
 
 def test_two_gateways_one_leader(gateway, orchestrator, redis_server):
     top = "redis: { url: redis://127.0.0.1:%d, prefix: \"sgtest:\", lease_ttl: 1s }" % \
-        redis_server
+        int(redis_server)
     scale = command_scale(orchestrator)
     a_port, b_port = free_port(), free_port()
     ga = gateway(config=scaled_config(scale, a_port, top=top), env=ENV)
@@ -657,12 +676,12 @@ def redis_cmd(port, *args):
 
 
 def test_queue_depth_from_a_redis_list(gateway, redis_server):
-    top = "redis: { url: redis://127.0.0.1:%d }" % redis_server
+    top = "redis: { url: redis://127.0.0.1:%d }" % int(redis_server)
     g, admin = start_scaled(gateway, {
         "command": serial_command(1), "min": 1, "max": 5, "ports": "%d-%d" % port_range(10),
         "queue": {"redis_list": "jobs"}, "targets": {"queue_per_instance": 10}}, top=top)
     assert wait_until(lambda: admin.status()["ready"] == 1, 15), admin.status()
-    assert redis_cmd(redis_server, "RPUSH", "jobs", *["j%d" % i for i in range(25)]) == b":25\r\n"
+    assert redis_cmd(int(redis_server), "RPUSH", "jobs", *["j%d" % i for i in range(25)]) == b":25\r\n"
     assert wait_until(lambda: admin.status()["ready"] == 3, 20), (admin.status(), admin.metrics())
     assert admin.metrics()["queue_depth"] == 25
 
@@ -695,3 +714,29 @@ def test_reload_keeps_running_instances(gateway):
                       not set(instance_pids(admin.status())) & after, 20), admin.status()
     assert wait_until(lambda: not any(alive(p) for p in after), 15)
     assert all(get(g.port)[0] == 200 for _ in range(5))
+
+
+def test_redis_down_every_gateway_decides(gateway, orchestrator, redis_server):
+    """Redis gone for three lease periods: each gateway runs the policy
+    itself (scale_to is absolute, so they ask for the same count) and
+    keeps serving; Redis back: one leader again."""
+    top = "redis: { url: redis://127.0.0.1:%d, lease_ttl: 500ms }" % int(redis_server)
+    scale = command_scale(orchestrator)
+    a_port, b_port = free_port(), free_port()
+    ga = gateway(config=scaled_config(scale, a_port, top=top), env=ENV)
+    gateway(config=scaled_config(scale, b_port, top=top), env=ENV)
+    a, b = Admin(a_port), Admin(b_port)
+
+    def leaders():
+        return a.status()["leader"] + b.status()["leader"]
+
+    assert wait_until(lambda: leaders() == 1, 10)
+    assert wait_until(lambda: a.status()["ready"] == 1, 15), a.status()
+    redis_server.kill()
+    assert wait_until(lambda: leaders() == 2, 5), (a.history()[:3], b.history()[:3])
+    assert "redis unreachable" in ga.log()
+    assert all(get(ga.port)[0] == 200 for _ in range(5))
+    redis_server.start()
+    assert wait_until(lambda: leaders() == 1, 10), (a.history()[:3], b.history()[:3])
+    kinds = [e["event"] for e in a.history()]
+    assert "redis_lost" in kinds and "redis_back" in kinds, kinds
