@@ -13,19 +13,27 @@ Part 2, idle memory: fresh instance of each proxy, 10,000 keep-alive client conn
 have each made one request; (RSS after - RSS before) / connections.
 Part 3, failover: each proxy over three fresh demo backends (bench/*-failover.*.tmpl), 10 s of
 wrk -c64 GET load, SIGKILL to one backend 5 s in; errors and maximum latency, every run shown.
+Part 4, elasticity (scalegate only: the others have no autoscaling): a fresh gateway whose pool
+has a scale section and no servers (bench/scalegate-elasticity.yaml.tmpl), wrk -c2 for 8 s, then
+a 10x step (wrk -c18 more) for 25 s; the admin API polled every 0.25 s gives the seconds until
+the pool has the instances the step needs, until its p95 is back under target, and the peak.
 
 Python 3 standard library only. Run as:
   /usr/bin/python3 bench/bench.py --scalegate build/release/scalegate \
       --backend build/release/demo-backend [--only haproxy,scalegate] [--duration 6]
+      [--only-failover | --only-elasticity]
 """
 
 import argparse
 import calendar
+import http.client
 import json
+import math
 import os
 import re
 import resource
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -148,14 +156,14 @@ def machine_busy():
 class Proc:
     """A child we started; stop() ends it (SIGTERM, then SIGKILL) and only it."""
 
-    def __init__(self, name, argv, tmpdir, cpus=None):
+    def __init__(self, name, argv, tmpdir, cpus=None, env=None):
         self.name = name
         self.errpath = os.path.join(tmpdir, name + ".stderr")
         self.outpath = os.path.join(tmpdir, name + ".stdout")
         self.err = open(self.errpath, "w")
         self.out = open(self.outpath, "w")
         self.p = subprocess.Popen(pin(cpus) + argv, stdout=self.out, stderr=self.err,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self.pid = self.p.pid
 
     def alive(self):
@@ -249,9 +257,9 @@ HAPROXY_FWD = """    option forwardfor
     unique-id-header X-Request-ID"""
 
 
-def launch_proxy(name, args, tmpdir, tag, variant, kv):
-    """Renders bench/NAME[VARIANT].*.tmpl with kv and starts that proxy on kv["port"].
-    Returns (Proc, path of its error log) or (None, reason)."""
+def launch_proxy(name, args, tmpdir, tag, variant, kv, env=None):
+    """Renders bench/NAME[VARIANT].*.tmpl with kv and starts that proxy on kv["port"] (env:
+    its environment, None for ours). Returns (Proc, path of its error log) or (None, reason)."""
     if name == "nginx":
         errlog = os.path.join(tmpdir, "nginx-error.log" if not variant else
                               "nginx-error-%s.log" % tag)
@@ -278,7 +286,7 @@ def launch_proxy(name, args, tmpdir, tag, variant, kv):
         return None, "unknown contender"
     if not os.access(argv[0], os.X_OK):
         return None, "binary not found: %s" % argv[0]
-    proc = Proc("%s-%s" % (name, tag), argv, tmpdir, args.proxy_cpus)
+    proc = Proc("%s-%s" % (name, tag), argv, tmpdir, args.proxy_cpus, env)
     return proc, errlog or proc.errpath
 
 
@@ -711,6 +719,301 @@ def failover_ok(r):
 FAILOVER_MAX_MS = 50.0
 
 
+# ---------------------------------------------------------------- elasticity
+
+TOKEN_ENV = "SCALEGATE_ADMIN_TOKEN"
+
+
+def free_port_range(n):
+    """n consecutive loopback ports that are free now (best effort), as (first, last)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65000:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+            if not ok:
+                break
+        if ok:
+            return base, base + n - 1
+    raise RuntimeError("no range of %d free ports" % n)
+
+
+def admin_get(port, token, path, timeout=2.0):
+    """GET on scalegate's admin API with the bearer token; returns the parsed JSON (raises)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path, headers={"Authorization": "Bearer " + token})
+        r = c.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError("admin API %s: %d %s" % (path, r.status, body[:200]))
+        return json.loads(body)
+    finally:
+        c.close()
+
+
+def iso_seconds(s):
+    """"2026-11-22T13:19:00.123Z" (the admin API's times) -> seconds since the epoch."""
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$", s or "")
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + \
+        float("0." + (m.group(2) or "0"))
+
+
+def elasticity_needed(args):
+    """The instance count the step load needs, computed: an instance serves one request at a
+    time in delay ms, so with k requests queued on it each takes about k x delay; the largest k
+    that stays under the p95 target is ceil(target / delay) - 1, and the step's connections
+    need ceil(connections / k) instances. None if even one queued request misses the target."""
+    k = math.ceil(args.elasticity_target_ms / args.elasticity_delay_ms) - 1
+    if k < 1:
+        return None, 0
+    return math.ceil(args.elasticity_conns[1] / k), k
+
+
+def elasticity_run(args, tmpdir, tag, quiet):
+    """One fresh gateway with an autoscaled pool (bench/scalegate-elasticity.yaml.tmpl), wrk
+    at the base load until the pool is steady, then the step to 10x; the admin API polled
+    every --elasticity-poll s from the step. Returns a dict of the times (seconds after the
+    step), counts and wrk's failures. The gateway, its instances and both wrk processes are
+    gone (and reaped) when it returns, also after an error."""
+    held = {"proc": None, "wrk": [], "pids": set(), "ports": (0, -1)}
+    res = {}
+    try:
+        res = elasticity_body(args, tmpdir, tag, quiet, held)
+    except (RuntimeError, subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
+        res = {"error": str(e)}
+    finally:
+        problems = elasticity_stop(args, held)
+        if problems:
+            res["stop_problem"] = "; ".join(problems)
+    return res
+
+
+def elasticity_stop(args, held):
+    """Ends what an elasticity run started: both wrk, then the gateway (SIGTERM; it kills its
+    instances as it exits), then checks that no instance outlived it and ends any that did.
+    Returns the problems seen (a list of strings)."""
+    problems = []
+    for w in held["wrk"]:
+        if w.poll() is None:
+            w.kill()
+        w.wait()
+    proc = held["proc"]
+    if proc is None:
+        return problems
+    held["pids"].update(tree(proc.pid)[1:])
+    was_alive = proc.alive()
+    proc.stop()
+    rc = proc.p.returncode
+    if was_alive and rc not in (0, -signal.SIGTERM, 143):
+        how = ("killed by %s" % signal.Signals(-rc).name) if rc < 0 else "exit status %d" % rc
+        problems.append("on SIGTERM after the run: %s: %s" % (how, proc.stderr_tail(2)))
+    deadline = time.time() + 3
+    while True:
+        left = [p for p in held["pids"] if is_instance(p, args.backend, held["ports"])]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    if left:
+        problems.append("%d instance(s) outlived the gateway (killed: %s)" % (
+            len(left), ",".join(map(str, sorted(left)))))
+    return problems
+
+
+def is_instance(pid, backend, ports):
+    """True while pid is a live (not zombie) demo backend on a port of ports (first, last):
+    one of the run's instances, not some other process that got its pid since."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except (OSError, IndexError):
+        return False
+    if not argv or os.path.basename(argv[0]) != os.path.basename(backend):
+        return False
+    port = argv[argv.index("--port") + 1] if "--port" in argv[:-1] else ""
+    return port.isdigit() and ports[0] <= int(port) <= ports[1]
+
+
+def elasticity_body(args, tmpdir, tag, quiet, held):
+    """elasticity_run's work; what it starts goes into held for elasticity_run to stop."""
+    base_conns, step_conns = args.elasticity_conns
+    lo, hi = free_port_range(2 * args.elasticity_max)
+    held["ports"] = (lo, hi)
+    token = os.urandom(16).hex()
+    kv = proxy_kv(args, tmpdir, admin_port=free_port(), token_env=TOKEN_ENV,
+                  backend=shlex.quote(os.path.abspath(args.backend)),
+                  delay=args.elasticity_delay_ms, ports="%d-%d" % (lo, hi), min=1,
+                  max=args.elasticity_max, target="%g" % args.elasticity_target_ms,
+                  window=ELASTICITY_WINDOW_S)
+    port, aport = kv["port"], kv["admin_port"]
+    proc, logpath = launch_proxy("scalegate", args, tmpdir, tag, "-elasticity", kv,
+                                 env=dict(os.environ, **{TOKEN_ENV: token}))
+    if proc is None:
+        return {"error": "failed to start: " + logpath}
+    held["proc"] = proc
+
+    def poll():
+        st = admin_get(aport, token, "/api/v1/scaling/status?pool=app")["pools"][0]
+        m = admin_get(aport, token, "/api/v1/scaling/metrics?pool=app")["pools"][0]
+        held["pids"].update(i["pid"] for i in st["instances"] if i.get("pid"))
+        return st, m
+
+    err = wait_ready(proc, port, "/", timeout=20.0)
+    if err:
+        return {"error": "failed to start: " + err}
+    deadline = time.time() + 15
+    while True:
+        st, _ = poll()
+        if st["ready"] == 1 and st["starting"] == 0:
+            break
+        if time.time() > deadline:
+            return {"error": "the pool is not at 1 ready instance 15 s after start: %s" % st}
+        time.sleep(0.2)
+    quiet.wait([proc])
+
+    url = "http://127.0.0.1:%d/" % port
+    wrk = pin(args.wrk_cpus) + ["wrk", "-t%d" % args.wrk_threads, "--latency"]
+    span = args.elasticity_base + args.elasticity_step
+    cpu0 = proc.cpu()
+    busy0, _ = machine_busy()
+    ch0 = os.times()
+    t0 = time.time()
+    held["wrk"].append(subprocess.Popen(wrk + ["-c%d" % base_conns, "-d%ds" % span, url],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True))
+    # The base phase: the pool should stay at one instance, its p95 under the target.
+    base = []
+    while time.time() < t0 + args.elasticity_base:
+        time.sleep(min(0.5, max(0.0, t0 + args.elasticity_base - time.time())))
+        st, m = poll()
+        base.append((st["instances_total"], st["ready"], m["p95_ms"], time.time()))
+    t_step = time.time()
+    res = {"base_instances": base[-1][0], "base_ready": base[-1][1], "base_p95": base[-1][2],
+           "base_polled": base[-1][3] - t_step, "base_max_instances": max(b[0] for b in base)}
+    held["wrk"].append(subprocess.Popen(
+        wrk + ["-c%d" % (step_conns - base_conns), "-d%ds" % args.elasticity_step, url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    samples = []  # (t after the step, instances_total, ready, starting, desired, p95)
+    while held["wrk"][1].poll() is None and time.time() < t_step + args.elasticity_step + 60:
+        st, m = poll()
+        samples.append((time.time() - t_step, st["instances_total"], st["ready"],
+                        st["starting"], st["desired"], m["p95_ms"]))
+        time.sleep(args.elasticity_poll)
+    outs = []
+    for w in held["wrk"]:
+        out, _ = w.communicate(timeout=span + 60)
+        outs.append(parse_wrk(out, w.returncode))
+    wall = time.time() - t0
+    ch1 = os.times()
+    busy1, _ = machine_busy()
+    cpu1 = proc.cpu()
+    hist = admin_get(aport, token, "/api/v1/scaling/history?pool=app&limit=256")["events"]
+    if not proc.alive():
+        raise RuntimeError("gateway exited during the run: " + proc.stderr_tail())
+    ours = (cpu1 - cpu0) + (ch1.children_user - ch0.children_user) + (
+        ch1.children_system - ch0.children_system)
+    res["foreign"] = max(0.0, ((busy1 - busy0) / CLK_TCK - ours) / wall)
+    res.update(elasticity_figures(args, samples, outs, hist, t_step, res))
+    return res
+
+
+def elasticity_figures(args, samples, outs, hist, t_step, base):
+    """The scenario's numbers from the polled samples, wrk's reports and the scaling history.
+    base: the last poll before the step (ready count, and when, in s relative to the step)."""
+    target = args.elasticity_target_ms
+    needed, per = elasticity_needed(args)
+    res = {"needed": needed, "per_instance": per, "samples": samples}
+    res["decided_poll"] = next((t for t, _, _, _, d, _ in samples if d >= needed), None)
+    res["reached_poll"] = next((t for t, _, r, _, _, _ in samples if r >= needed), None)
+    res["peak"] = max((n for _, n, _, _, _, _ in samples), default=None)
+    res["peak_ready"] = max((r for _, _, r, _, _, _ in samples), default=None)
+    p95s = [(t, p) for t, _, _, _, _, p in samples if p is not None]
+    res["p95_peak"] = max((p for _, p in p95s), default=None)
+    # p95 back under the target: the first sample after it went over from which every
+    # sample stays under for --elasticity-hold seconds.
+    over = next((t for t, p in p95s if p > target), None)
+    res["p95_under"] = None
+    if over is not None:
+        for i, (t, p) in enumerate(p95s):
+            if t <= over or p >= target:
+                continue
+            later = p95s[i:]
+            if later[-1][0] - t < args.elasticity_hold:
+                break
+            if all(q < target for u, q in later if u - t <= args.elasticity_hold):
+                res["p95_under"] = t
+                break
+    res["p95_never_over"] = over is None
+    # The count held over the last 5 s of the step: what the pool settled at.
+    tail = [n for t, n, _, _, _, _ in samples if t >= samples[-1][0] - 5] if samples else []
+    res["settled"] = (min(tail), max(tail)) if tail else None
+    res["failed"] = sum(o["errors"] for o in outs)
+    res["error_parts"] = {k: sum(o["error_parts"][k] for o in outs)
+                          for k in outs[0]["error_parts"]}
+    res["requests"] = sum(o["requests"] for o in outs)
+    res["rps"] = sum(o["rps"] for o in outs)
+    res["step_p99"] = outs[1]["p99"]
+    res["max"] = max(o["max"] or 0 for o in outs)
+    res["events"] = []
+    for e in hist:
+        when = iso_seconds(e.get("time"))
+        if when is None or when < t_step - 0.5 or e.get("event") not in (
+                "scale_up", "scale_down", "instance_ready", "start_failed", "start_timeout",
+                "instance_crashed", "instance_down"):
+            continue
+        res["events"].append((when - t_step, e["event"], e.get("from"), e.get("to"),
+                              e.get("detail", "")))
+    res["events"].sort()
+    # decided and reached to the millisecond from the history's time stamps: the scale-up
+    # that asked for enough instances, and the instance_ready that made enough of them,
+    # counting from the ready instances of the last poll before the step. An instance that
+    # went down, crashed or was drained makes that count unsure: then the polls (every
+    # --elasticity-poll s) decide.
+    evs = [e for e in res["events"] if e[0] > base["base_polled"]]
+    res["decided"] = next((t for t, kind, _, to, _ in evs if kind == "scale_up" and
+                           to is not None and to >= needed), None)
+    res["reached"] = None
+    if all(kind in ("scale_up", "instance_ready") for _, kind, *_ in evs):
+        ready = base["base_ready"]
+        for t, kind, *_ in evs:
+            ready += kind == "instance_ready"
+            if ready >= needed:
+                res["reached"] = max(t, 0.0)
+                break
+    res["timed_by"] = "history"
+    if res["decided"] is None or res["reached"] is None:
+        res["decided"], res["reached"] = res["decided_poll"], res["reached_poll"]
+        res["timed_by"] = "polls"
+    return res
+
+
+def elasticity_ok(r):
+    return "error" not in r and r["failed"] == 0 and all(
+        r[k] is not None and r[k] < ELASTICITY_MAX_S for k in ("reached", "p95_under"))
+
+
+ELASTICITY_MAX_S = 10.0
+ELASTICITY_WINDOW_S = 2  # the scaler's metrics window (scale.window); decisions every 1 s
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -835,7 +1138,113 @@ def report_failover(args, failover, notes):
     return lines
 
 
-def report(args, scenarios, results, failures, memory, meta, failover=None):
+def fmt_t(v):
+    return "+%.1f s" % v if v is not None else "-"
+
+
+def report_elasticity(args, elasticity, notes):
+    lines = []
+    add = lines.append
+    base_conns, step_conns = args.elasticity_conns
+    needed, per = elasticity_needed(args)
+    add("")
+    add("## Elasticity (a %gx step, wrk -c%d -> -c%d after %d s, held %d s; autoscaled pool of "
+        "demo-backend --serial --delay %d, p95 target %g ms; %d run%s)" % (
+            step_conns / base_conns, base_conns, step_conns, args.elasticity_base,
+            args.elasticity_step, args.elasticity_delay_ms, args.elasticity_target_ms,
+            args.elasticity_repeats, "" if args.elasticity_repeats == 1 else "s"))
+    add("")
+    add("| contender | run | needed | decided | reached | p95 under target | peak | settled | "
+        "p95 before / peak | failed | target |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    runs = elasticity.get("scalegate", [])
+    ok, flagged, timeline = [], False, []
+    for i, r in enumerate(runs):
+        label = "%d" % (i + 1)
+        if "stop_problem" in r:
+            notes.append("scalegate, elasticity run %s: %s" % (label, r["stop_problem"]))
+        if "error" in r and "needed" not in r:
+            add("| scalegate | %s | failed | | | | | | | | |" % label)
+            notes.append("scalegate, elasticity run %s: %s" % (label, r["error"]))
+            continue
+        ok.append(r)
+        mark = ""
+        if r.get("foreign", 0) > args.foreign_limit:
+            mark, flagged = " *", True
+        if r.get("base_max_instances", 1) != 1:
+            notes.append("scalegate, elasticity run %s: the pool grew to %d instances before "
+                         "the step (base load p95 %s)" % (label, r["base_max_instances"],
+                                                          fmt_ms(r["base_p95"])))
+        if r["p95_never_over"]:
+            notes.append("scalegate, elasticity run %s: the pool's p95 never went over the "
+                         "target after the step" % label)
+        add("| scalegate | %s%s | %d | %s | %s | %s | %s | %s | %s / %s | %s | %s |" % (
+            label, mark, r["needed"], fmt_t(r["decided"]), fmt_t(r["reached"]),
+            fmt_t(r["p95_under"]), "-" if r["peak"] is None else r["peak"],
+            "-" if not r["settled"] else "%d" % r["settled"][0]
+            if r["settled"][0] == r["settled"][1] else "%d-%d" % tuple(r["settled"]),
+            fmt_ms(r["base_p95"]), fmt_ms(r["p95_peak"]),
+            fmt_errors({"errors": r["failed"], "error_parts": r["error_parts"]}),
+            "met" if elasticity_ok(r) else "**missed**"))
+        ups = ["%s %s->%s" % (fmt_t(t), a, b) for t, kind, a, b, _ in r["events"]
+               if kind == "scale_up"]
+        ready = [t for t, kind, _, _, _ in r["events"] if kind == "instance_ready"]
+        other = ["%s %s" % (fmt_t(t), kind) for t, kind, _, _, _ in r["events"]
+                 if kind not in ("scale_up", "instance_ready")]
+        timeline.append("run %s: scale-ups %s; instances ready %s%s; wrk: %d requests, "
+                        "step p99 %s, max %s%s" % (
+                            label, ", ".join(ups) or "none",
+                            ", ".join("%+.1f" % t for t in ready) or "none",
+                            "; " + ", ".join(other) if other else "", r["requests"],
+                            fmt_ms(r["step_p99"]), fmt_ms(r["max"]),
+                            "" if r["timed_by"] == "history" else
+                            " (decided and reached from the %g s polls)" % args.elasticity_poll))
+    if len(ok) > 1:
+        add("| scalegate | median | %d | %s | %s | %s | %g | | %s / %s | %g | %d of %d runs |" % (
+            needed, fmt_t(median([r["decided"] for r in ok])),
+            fmt_t(median([r["reached"] for r in ok])),
+            fmt_t(median([r["p95_under"] for r in ok])), median([r["peak"] for r in ok]) or 0,
+            fmt_ms(median([r["base_p95"] for r in ok])),
+            fmt_ms(median([r["p95_peak"] for r in ok])), median([r["failed"] for r in ok]),
+            sum(1 for r in ok if elasticity_ok(r)), len(runs)))
+    for c in ("nginx", "haproxy"):
+        if c in args.only:
+            add("| %s | - | n/a | n/a | n/a | n/a | | | | | no autoscaling: a fixed list of "
+                "servers |" % c)
+    add("| Kubernetes HPA | (not measured) | | | | | | | | | >= 15 s per decision period + pod "
+        "start-up |")
+    add("")
+    add("Target: reached and p95 under target within %.0f s of the step, 0 failed requests. "
+        "needed: computed, not observed: an instance serves one request at a time in %d ms, so "
+        "k requests queued on it take about k x %d ms; k = %d keeps them under %g ms, and %d "
+        "connections need ceil(%d / %d) = %s instances. decided: from the step until the "
+        "scaler asked for needed instances (its scale_up event); reached: until that many were "
+        "ready (started and past their first health check: instance_ready events), both from "
+        "the time stamps of GET /api/v1/scaling/history; p95 under target: until the pool's "
+        "p95 (GET /api/v1/scaling/metrics: over the scaler's %s window, computed once per "
+        "period), polled every %g s, was under the target and stayed under for %g s. "
+        "peak: the most instances (ready + starting) seen; settled: over the last 5 s of the "
+        "step. failed: wrk's socket errors plus responses with a status >= 400, both phases. "
+        "nginx and HAProxy balance over the servers they are given; a Kubernetes HPA with its "
+        "default behaviour decides every 15 s and adds at most +100 %% or +4 pods per decision, "
+        "so 1 -> %s takes several periods plus each pod's start-up." % (
+            ELASTICITY_MAX_S, args.elasticity_delay_ms, args.elasticity_delay_ms, per,
+            args.elasticity_target_ms, step_conns, step_conns, per, needed,
+            "%d s" % ELASTICITY_WINDOW_S,
+            args.elasticity_poll, args.elasticity_hold, needed))
+    if flagged:
+        add("* other processes used more than %.0f%% of a core during the run." % (
+            100 * args.foreign_limit))
+    if timeline:
+        add("")
+        add("Scaling after the step (seconds after it):")
+        for t in timeline:
+            add("- " + t)
+    return lines
+
+
+def report(args, scenarios, results, failures, memory, meta, failover=None,
+           elasticity=None):
     lines = []
     add = lines.append
     if args.no_throughput:
@@ -902,6 +1311,8 @@ def report(args, scenarios, results, failures, memory, meta, failover=None):
                 fmt_ratio(m["per_conn_kib"], ng)))
     if failover:
         lines += report_failover(args, failover, notes)
+    if elasticity:
+        lines += report_elasticity(args, elasticity, notes)
     if notes:
         add("")
         add("Problems:")
@@ -983,6 +1394,27 @@ def main():
                     help="wrk connections in a failover run")
     ap.add_argument("--failover-control", action="store_true",
                     help="also run each failover run once without the kill, for comparison")
+    ap.add_argument("--no-elasticity", action="store_true",
+                    help="skip the elasticity scenario")
+    ap.add_argument("--only-elasticity", action="store_true",
+                    help="only the elasticity scenario (autoscaling under a 10x load step)")
+    ap.add_argument("--elasticity-repeats", type=int, default=2,
+                    help="elasticity runs, each with a fresh gateway; each is reported")
+    ap.add_argument("--elasticity-conns", default="2,20",
+                    help="wrk connections before and after the step (default: %(default)s)")
+    ap.add_argument("--elasticity-base", type=int, default=8,
+                    help="seconds of base load before the step")
+    ap.add_argument("--elasticity-step", type=int, default=25,
+                    help="seconds of load after the step")
+    ap.add_argument("--elasticity-target-ms", type=float, default=50,
+                    help="the pool's p95 target (targets.p95_ms)")
+    ap.add_argument("--elasticity-delay-ms", type=int, default=20,
+                    help="each instance's time per request (demo-backend --serial --delay)")
+    ap.add_argument("--elasticity-max", type=int, default=12, help="the pool's scale.max")
+    ap.add_argument("--elasticity-hold", type=float, default=2.0,
+                    help="seconds p95 must stay under the target to count as back under it")
+    ap.add_argument("--elasticity-poll", type=float, default=0.25,
+                    help="seconds between polls of the admin API")
     ap.add_argument("--upstream-keepalive", type=int, default=1024,
                     help="idle upstream connections nginx and scalegate may keep per server")
     ap.add_argument("--forward-headers", action="store_true",
@@ -999,9 +1431,27 @@ def main():
     ap.add_argument("--out", default="build/bench/results.md")
     args = ap.parse_args()
     if args.only_failover:
-        if args.no_failover:
-            ap.error("--only-failover and --no-failover exclude each other")
-        args.no_throughput = args.no_memory = True
+        if args.no_failover or args.only_elasticity:
+            ap.error("--only-failover excludes --no-failover and --only-elasticity")
+        args.no_throughput = args.no_memory = args.no_elasticity = True
+    if args.only_elasticity:
+        if args.no_elasticity:
+            ap.error("--only-elasticity and --no-elasticity exclude each other")
+        args.no_throughput = args.no_memory = args.no_failover = True
+    try:
+        args.elasticity_conns = [int(x) for x in args.elasticity_conns.split(",")]
+    except ValueError:
+        args.elasticity_conns = []
+    if len(args.elasticity_conns) != 2 or not 0 < args.elasticity_conns[0] < \
+            args.elasticity_conns[1]:
+        ap.error("--elasticity-conns: BEFORE,AFTER with 0 < BEFORE < AFTER")
+    needed, _ = elasticity_needed(args)
+    if needed is None:
+        ap.error("--elasticity-target-ms must be above --elasticity-delay-ms (a request "
+                 "takes that long on an idle instance)")
+    if needed > args.elasticity_max:
+        ap.error("--elasticity-*: the step needs %d instances at a p95 under %g ms, more than "
+                 "--elasticity-max %d" % (needed, args.elasticity_target_ms, args.elasticity_max))
     if not 0 < args.failover_kill_at < args.failover_duration:
         ap.error("--failover-kill-at must fall within --failover-duration")
 
@@ -1046,21 +1496,30 @@ def main():
 
     fo_contenders = [] if args.no_failover else [c for c in args.only if c in PROXIES]
     fo_runs = len(fo_contenders) * args.failover_repeats * (2 if args.failover_control else 1)
+    el_runs = 0 if args.no_elasticity or "scalegate" not in args.only else \
+        args.elasticity_repeats
     runs = 0 if args.no_throughput else len(scenarios) * len(args.only) * args.repeats
     est = runs * (args.duration + args.warmup + 1) + fo_runs * (
-        args.failover_duration + args.warmup + 3)
-    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s, about %d min; %s" % (
-            runs, len(args.only), len(scenarios), args.repeats,
-            "" if args.no_memory else ", the memory test",
-            ", %d failover runs" % fo_runs if fo_runs else "",
+        args.failover_duration + args.warmup + 3) + el_runs * (
+        args.elasticity_base + args.elasticity_step + 4)
+    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s%s, about %d min; "
+        "%s" % (runs, len(args.only), len(scenarios), args.repeats,
+                "" if args.no_memory else ", the memory test",
+                ", %d failover runs" % fo_runs if fo_runs else "",
+                ", %d elasticity runs" % el_runs if el_runs else "",
             (est + 59) // 60 + (0 if args.no_memory else 1), placement(args)))
 
+    # SIGTERM (or SIGINT, even where it came ignored) ends the harness through its finally
+    # blocks, which stop every process it started: they run in sessions of their own and
+    # would otherwise outlive it.
+    signal.signal(signal.SIGTERM, stop_signal)
+    signal.signal(signal.SIGINT, stop_signal)
     quiet = Quiet(args.quiet_wait, 3 * args.quiet_wait + 60, args.foreign_limit)
     tmpdir = tempfile.mkdtemp(prefix="scalegate-bench-")
     backends = start_backends(args, tmpdir) if not (args.no_throughput and
                                                     args.no_memory) else {}
     contenders, failures = {}, {}
-    results, memory, failover = {}, {}, {}
+    results, memory, failover, elasticity = {}, {}, {}, {}
     try:
         if not args.no_throughput:
             for c in args.only:
@@ -1134,6 +1593,17 @@ def main():
                             "  " + r["error"] if "error" in r else "")))
                     if "stop_problem" in r:
                         log("failover %s: %s" % (c, r["stop_problem"]))
+        for rnd in range(el_runs):
+            r = elasticity_run(args, tmpdir, "el%d" % (rnd + 1), quiet)
+            elasticity.setdefault("scalegate", []).append(r)
+            log("elasticity %d/%d scalegate %s%s" % (
+                rnd + 1, el_runs, r["error"] if "needed" not in r else
+                "needed %d: decided %s, reached %s, p95 under %g ms %s, peak %s, failed %d%s" % (
+                    r["needed"], fmt_t(r["decided"]), fmt_t(r["reached"]),
+                    args.elasticity_target_ms, fmt_t(r["p95_under"]), r["peak"], r["failed"],
+                    "  (other load %.2f cores)" % r["foreign"]
+                    if r["foreign"] > args.foreign_limit else ""),
+                "  " + r["stop_problem"] if "stop_problem" in r else ""))
     finally:
         for c, (proc, _) in contenders.items():
             if proc:
@@ -1145,25 +1615,33 @@ def main():
         time.strftime("%Y-%m-%d %H:%M"), os.cpu_count(), cpu_model(), placement(args),
         version_of([args.nginx, "-v"]),
         version_of([args.haproxy, "-v"]), version_of(["wrk", "-v"]))
-    text = report(args, scenarios, results, failures, memory, meta, failover)
+    text = report(args, scenarios, results, failures, memory, meta, failover, elasticity)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
     raw = {"args": {k: v for k, v in vars(args).items()},
            "results": {"%s %s %d" % (c, s, n): v for (c, (s, n)), v in results.items()},
-           "failures": failures, "memory": memory, "failover": failover}
+           "failures": failures, "memory": memory, "failover": failover,
+           "elasticity": elasticity}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
     troubles = failures or any("error" in r for rs in results.values() for r in rs) or any(
         "error" in m for m in memory.values()) or any(
         "error" in r or "stop_problem" in r
-        for f in failover.values() for rs in f.values() for r in rs)
+        for f in failover.values() for rs in f.values() for r in rs) or any(
+        "error" in r or "stop_problem" in r for rs in elasticity.values() for r in rs)
     if troubles or args.keep:
         log("wrote %s (and .json); configs and logs kept in %s" % (args.out, tmpdir))
     else:
         shutil.rmtree(tmpdir, ignore_errors=True)
         log("wrote %s (and .json)" % args.out)
+
+
+def stop_signal(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up runs uninterrupted
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt("stopped by %s" % signal.Signals(signum).name)
 
 
 def placement(args):
@@ -1183,4 +1661,7 @@ def cpu_model():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        sys.exit("bench: %s; every process it started is stopped" % (e or "interrupted"))

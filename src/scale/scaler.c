@@ -127,6 +127,8 @@ struct spool {
     double inflight_acc;
     uint32_t inflight_n;
     double inflight_last; /* average over the last period, whole pool */
+    uint32_t ready_seen;       /* ready count at the last sample */
+    uint64_t ready_changed_at; /* uv_now of the sample where it changed */
     struct sample *ring;  /* RING_MAX entries, oldest at head */
     size_t ring_head, ring_len;
     uint64_t last_decide;
@@ -794,11 +796,29 @@ static void collect(struct spool *sp, uint64_t now) {
     in->ready = count_state(sp, I_READY);
     in->starting = count_state(sp, I_STARTING);
     in->now_ms = now;
-    /* the window: the newest sample against the oldest within window_ms */
+    /* Activity (for scale to zero): any request since the previous sample. */
+    const struct sample *prev =
+        sp->ring_len > 1 ? &sp->ring[(sp->ring_head + sp->ring_len - 2) % RING_MAX] : smp;
+    if (smp->req != prev->req)
+        sp->last_activity = now;
+    /* The window: the newest sample against the oldest within window_ms,
+     * but none from before the ready count last changed. Requests served
+     * by fewer (or more) instances say little about the pool as it is now:
+     * counted per ready instance, they would make the policy overshoot
+     * (the latency of 5 instances times 10). So the period in which the
+     * count changed has no such data, and the window grows again from the
+     * change on, like the HPA's readiness delay. */
+    if (in->ready != sp->ready_seen) {
+        sp->ready_seen = in->ready;
+        sp->ready_changed_at = now;
+    }
+    uint64_t from = now > sp->cfg.window_ms ? now - sp->cfg.window_ms : 0;
+    if (from < sp->ready_changed_at)
+        from = sp->ready_changed_at;
     const struct sample *old = smp;
     for (size_t k = 0; k < sp->ring_len; k++) {
         const struct sample *x = &sp->ring[(sp->ring_head + k) % RING_MAX];
-        if (now - x->t <= sp->cfg.window_ms) {
+        if (x->t >= from) {
             old = x;
             break;
         }
@@ -837,8 +857,6 @@ static void collect(struct spool *sp, uint64_t now) {
     in->memory_percent = ncpu && sp->mem_total > 0 ? rss / ncpu / sp->mem_total * 100 : NAN;
     in->has_queue = sp->cfg.queue_per_instance > 0 && sp->has_queue_value;
     in->queue_depth = sp->queue_depth;
-    if (dreq > 0)
-        sp->last_activity = now;
 }
 
 /* The desired count now (ready + starting), with its reason in sp->reason. */
@@ -1253,7 +1271,7 @@ static json_t *iso_time(int64_t ms) {
     time_t t = (time_t)(ms / 1000);
     struct tm tm;
     gmtime_r(&t, &tm);
-    char buf[40];
+    char buf[64];
     snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
     return json_string(buf);
