@@ -53,9 +53,15 @@ static void print_errors(struct sg_config_errors *errs) {
         fprintf(stderr, "%s\n", errs->msgs[i]);
 }
 
-static void on_all_done(void) {
-    sg_health_stop();
-    sg_scaler_free(scaler); /* stops every instance */
+/* The last step of a stop: what is left goes (a second signal gets here
+ * without waiting for the instances). */
+static void finish(void *arg) {
+    (void)arg;
+    static bool done;
+    if (done)
+        return;
+    done = true;
+    sg_scaler_free(scaler); /* SIGKILLs whatever instance is still running */
     scaler = NULL;
     sg_admin_close(admin);
     admin = NULL;
@@ -66,6 +72,16 @@ static void on_all_done(void) {
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)&shutdown_timer, NULL);
+}
+
+/* Every worker is done: the instances get SIGTERM and their stop_grace. */
+static void on_all_done(void) {
+    sg_health_stop();
+    stopping = 2;
+    if (scaler)
+        sg_scaler_shutdown(scaler, finish, NULL);
+    else
+        finish(NULL);
 }
 
 static void on_shutdown_timeout(uv_timer_t *t) {
@@ -79,6 +95,8 @@ static void on_stop_signal(uv_signal_t *s, int signum) {
     if (stopping) {
         sg_log_warn("second %s: closing everything now", strsignal(signum));
         sg_server_force();
+        if (stopping == 2)
+            finish(NULL); /* the instances are being stopped: kill them now */
         return;
     }
     stopping = 1;
@@ -116,8 +134,11 @@ static void warn_restart_only(const struct sg_config *old, const struct sg_confi
         sg_log_warn("reload: admin.listen changes take effect only after a restart");
     if (o->redis.enabled != cfg->redis.enabled ||
         (cfg->redis.enabled &&
-         (strcmp(o->redis.host, cfg->redis.host) != 0 || o->redis.port != cfg->redis.port)))
-        sg_log_warn("reload: redis changes take effect only after a restart");
+         (strcmp(o->redis.host, cfg->redis.host) != 0 || o->redis.port != cfg->redis.port ||
+          strcmp(o->redis.prefix, cfg->redis.prefix) != 0 ||
+          o->redis.lease_ttl_ms != cfg->redis.lease_ttl_ms)))
+        sg_log_warn("reload: redis changes (url, prefix, lease_ttl) take effect only after a "
+                    "restart");
 }
 
 static void on_reload_signal(uv_signal_t *s, int signum) {

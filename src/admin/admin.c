@@ -306,7 +306,7 @@ static void send_response(struct conn *c, struct sg_admin_response *resp, unsign
         status = 500;
     }
     if (resp->json) {
-        body = json_dumps(resp->json, JSON_COMPACT | JSON_ENCODE_ANY);
+        body = json_dumps(resp->json, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(12));
         json_decref(resp->json);
         free(resp->text);
         if (!body) {

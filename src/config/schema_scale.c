@@ -12,6 +12,7 @@
 #include "config/config_int.h"
 
 #include "core/parse.h"
+#include "redis/redis.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +25,7 @@
 #define YEAR_MS         SG__CFG_YEAR_MS
 #define MAX_INSTANCES   1000 /* scale.max */
 #define MAX_TOKEN_BYTES 4096 /* admin token */
+#define SCALE_RING      599  /* periods a window may cover (scaler.c keeps 600 samples) */
 
 /* ---- scale -------------------------------------------------------------- */
 
@@ -54,7 +56,7 @@ static const struct sg__cfg_field scale_fields[] = {
      offsetof(struct sg_scale_cfg, cold_start_timeout_ms), 1, YEAR_MS},
 };
 #define NSCALEF (sizeof(scale_fields) / sizeof(scale_fields[0]))
-enum { F_MIN = 0, F_MAX = 1 };
+enum { F_MIN = 0, F_MAX = 1, F_PERIOD = 3, F_WINDOW = 4 };
 
 /* The targets, as decimal numbers. */
 static const struct {
@@ -305,6 +307,20 @@ void sg__cfg_build_scale(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_n
         else
             s->list = command(cx, vals[LIST], kp);
     }
+    if (ok[F_PERIOD] && ok[F_WINDOW] && s->window_ms < s->period_ms) {
+        char a[32], b[32];
+        sg__cfg_path_key(kp, path, "window");
+        sg__cfg_fmt_duration(a, sizeof(a), s->window_ms);
+        sg__cfg_fmt_duration(b, sizeof(b), s->period_ms);
+        sg__cfg_error(cx, fv[F_WINDOW] ? fv[F_WINDOW] : fv[F_PERIOD], kp,
+                      "window (%s) is shorter than period (%s): a decision would see no requests",
+                      a, b);
+    } else if (ok[F_PERIOD] && ok[F_WINDOW] && s->window_ms / s->period_ms > SCALE_RING) {
+        sg__cfg_path_key(kp, path, "window");
+        sg__cfg_error(cx, fv[F_WINDOW] ? fv[F_WINDOW] : fv[F_PERIOD], kp,
+                      "window covers more than %u periods (make it shorter or period longer)",
+                      SCALE_RING);
+    }
     if (ok[F_MIN] && ok[F_MAX] && s->min > s->max) {
         sg__cfg_path_key(kp, path, fv[F_MIN] ? "min" : "max");
         sg__cfg_error(cx, fv[F_MIN] ? fv[F_MIN] : fv[F_MAX], kp, "min (%u) is more than max (%u)",
@@ -329,7 +345,11 @@ void sg__cfg_build_scale(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_n
     bool any = s->rps_per_instance > 0 || s->p95_ms > 0 || s->inflight_per_instance > 0 ||
                s->cpu_percent > 0 || s->memory_percent > 0 || s->error_rate > 0 ||
                s->queue_per_instance > 0;
-    if (!any && ok[F_MIN] && ok[F_MAX] && s->min != s->max && vals[TARGETS] == NULL) {
+    bool empty_targets =
+        vals[TARGETS] == NULL || sg__cfg_is_null(vals[TARGETS]) ||
+        (vals[TARGETS]->type == YAML_MAPPING_NODE &&
+         vals[TARGETS]->data.mapping.pairs.top == vals[TARGETS]->data.mapping.pairs.start);
+    if (!any && ok[F_MIN] && ok[F_MAX] && s->min != s->max && empty_targets) {
         sg__cfg_path_key(kp, path, "targets");
         sg__cfg_error(cx, n, kp,
                       "required when min (%u) and max (%u) differ (rps_per_instance, p95_ms, "
@@ -466,25 +486,16 @@ void sg__cfg_build_redis(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
     sg__cfg_path_key(kp, path, "url");
     if (vals[URL] && (url = sg__cfg_scalar(cx, vals[URL], kp, "redis://host:port")) == NULL)
         return;
-    const char *addr = strncmp(url, "redis://", 8) == 0 ? url + 8 : url, *hp = addr;
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    const char *colon = strrchr(hp, ':');
     char host[256];
-    size_t hl = colon ? (size_t)(colon - hp) : 0;
-    if (hl >= 2 && hp[0] == '[' && hp[hl - 1] == ']') {
-        hp++;
-        hl -= 2;
-    }
-    if (colon == NULL || hl == 0 || hl >= sizeof(host) || sg_parse_addr(addr, &ss, &sl) < 0) {
+    uint16_t port = 0;
+    if (sg_redis_parse_url(url, host, sizeof(host), &port) < 0) {
         sg__cfg_error(cx, vals[URL] ? vals[URL] : n, kp,
-                      "%s is not redis://host:port (such as redis://127.0.0.1:6379)",
+                      "%s is not redis://host:port (such as redis://127.0.0.1:6379; no user, "
+                      "password or database other than 0)",
                       sg__cfg_quote(q, sizeof(q), url));
     } else {
-        memcpy(host, hp, hl);
-        host[hl] = '\0';
         r->host = sg__cfg_strdup(cx, host);
-        r->port = (uint16_t)atoi(colon + 1);
+        r->port = port;
     }
     r->prefix = sg__cfg_strdup(cx, "sg:");
     if (vals[PREFIX]) {

@@ -139,8 +139,9 @@ static void record_pass(struct target *t) {
     if (!atomic_compare_exchange_strong(&st->health, &down, SG_HEALTH_UP))
         return;
     atomic_fetch_add(&transitions, 1);
-    sg_log_info("pool %s: server %s is UP again (%u check%s passed)", t->pool, t->server, ok,
-                ok == 1 ? "" : "s");
+    bool starting = atomic_load(&st->fast_check_until) > sg_state_now(); /* a new instance */
+    sg_log_info("pool %s: server %s is UP%s (%u check%s passed)", t->pool, t->server,
+                starting ? "" : " again", ok, ok == 1 ? "" : "s");
 }
 
 static void record_fail(struct target *t, const char *why) {

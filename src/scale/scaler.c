@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "admin/admin.h"
@@ -48,14 +49,15 @@
 #include "scale/policy.h"
 #include "scale/supervisor.h"
 
-#define TICK_MS        100
-#define HISTORY_MAX    256
-#define RING_MAX       600
-#define CMD_OUT_MAX    65536
-#define CMD_TIMEOUT_MS 60000
-#define LIST_MAX       1000 /* instances a list command may print */
-#define REASON_MAX     256
-#define ADDR_MAX       64
+#define TICK_MS          100
+#define HISTORY_MAX      256
+#define RING_MAX         600
+#define CMD_OUT_MAX      65536
+#define CMD_TIMEOUT_MS   60000
+#define LIST_MAX         1000 /* instances a list command may print */
+#define REASON_MAX       256
+#define P95_MIN_REQUESTS 20 /* fewer in the window: no p95 */
+#define ADDR_MAX         64
 
 enum inst_state { I_STARTING = 0, I_READY, I_DRAINING, I_REMOVED, I_STOPPING };
 static const char *const inst_state_names[] = {"starting", "ready", "draining", "removed",
@@ -76,6 +78,7 @@ struct inst {
     uint64_t since;   /* uv_now when it entered state */
     uint64_t started; /* uv_now when it (re)started */
     uint64_t last_req, last_fail, last_lat[SG_LATENCY_BUCKETS];
+    uint64_t req_base; /* the address's request count when this instance began */
     double cpu;
     uint64_t rss;
     bool listed; /* command driver: printed by the last list */
@@ -126,10 +129,10 @@ struct spool {
     uint64_t tot_req, tot_fail, tot_lat[SG_LATENCY_BUCKETS];
     double inflight_acc;
     uint32_t inflight_n;
-    double inflight_last; /* average over the last period, whole pool */
+    double inflight_last;      /* average over the last period, whole pool */
     uint32_t ready_seen;       /* ready count at the last sample */
     uint64_t ready_changed_at; /* uv_now of the sample where it changed */
-    struct sample *ring;  /* RING_MAX entries, oldest at head */
+    struct sample *ring;       /* RING_MAX entries, oldest at head */
     size_t ring_head, ring_len;
     uint64_t last_decide;
     uint64_t last_activity;
@@ -174,6 +177,9 @@ struct sg_scaler {
     uint64_t lease_ttl_ms;
     int closing;
     bool freeing;
+    bool shutting; /* sg_scaler_shutdown: instances are stopping, none starts */
+    void (*shut_done)(void *);
+    void *shut_arg;
 };
 
 static struct sg_scaler *the_scaler; /* for the demand hook (one scaler per process) */
@@ -210,6 +216,8 @@ static void history(struct spool *sp, const char *kind, uint32_t from, uint32_t 
     vsnprintf(e->text, sizeof(e->text), fmt, ap);
     va_end(ap);
 }
+
+static void shutdown_check(struct sg_scaler *s);
 
 /* ---- publishing ------------------------------------------------------------ */
 
@@ -277,7 +285,7 @@ done:
 
 static void on_pub_timer(uv_timer_t *t) {
     struct sg_scaler *s = t->data;
-    if (!s->dirty || s->freeing)
+    if (!s->dirty || s->freeing || s->shutting)
         return;
     struct sg_config *cfg = derive(s);
     if (cfg == NULL) {
@@ -315,7 +323,7 @@ static struct inst *inst_new(struct spool *sp, const char *addr) {
     atomic_store(&st->admin, SG_ADMIN_ENABLED);
     atomic_store(&st->health, SG_HEALTH_DOWN);
     atomic_store(&st->fast_check_until, sg_state_now() + sp->cfg.start_timeout_ms);
-    in->last_req = atomic_load(&st->requests);
+    in->last_req = in->req_base = atomic_load(&st->requests);
     in->last_fail = atomic_load(&st->failures);
     for (unsigned b = 0; b < SG_LATENCY_BUCKETS; b++)
         in->last_lat[b] = atomic_load(&st->latency[b]);
@@ -336,6 +344,8 @@ static void set_state(struct inst *in, enum inst_state st) {
 /* Starts one instance of a process-driver pool. */
 static bool start_one(struct spool *sp, const char *why) {
     int err = 0;
+    if (sp->s->shutting)
+        return false;
     struct sg_instance *p = sg_supervisor_start_instance(sp->sv, &err);
     if (p == NULL) {
         sg_log_error("pool %s: cannot start an instance: %s", sp->name,
@@ -421,8 +431,13 @@ static void on_supervisor(struct sg_supervisor *sv, struct sg_instance *p,
         atomic_store(&in->st->check_ok, 0);
         if (in->state == I_READY || in->state == I_STARTING) {
             set_state(in, I_STARTING);
-            history(sp, "instance_crashed", 0, 0, "%s exited unasked (status %d); restarting",
-                    in->addr, p->last_status);
+            char how[48];
+            if (WIFSIGNALED(p->last_status))
+                snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(p->last_status));
+            else
+                snprintf(how, sizeof(how), "exit code %d", WEXITSTATUS(p->last_status));
+            history(sp, "instance_crashed", 0, 0, "%s exited unasked (%s); restarting", in->addr,
+                    how);
         }
         break;
     case SG_SUPERVISOR_CRASH_LOOP:
@@ -432,6 +447,7 @@ static void on_supervisor(struct sg_supervisor *sv, struct sg_instance *p,
         sg_log_info("pool %s: instance %u on %s stopped", sp->name, p->id, in->addr);
         sg_server_set_admin(in->id, SG_ADMIN_ENABLED); /* the address may serve again */
         inst_free(in); /* a removed pool's spool goes at the next tick */
+        shutdown_check(sp->s);
         break;
     default:
         break;
@@ -832,8 +848,10 @@ static void collect(struct spool *sp, uint64_t now) {
     } else {
         in->rps = in->ready ? (double)dreq / secs / in->ready : (double)dreq / secs;
         in->error_rate = dreq ? (double)dfail / (double)dreq : 0;
-        in->p95_ms = 0; /* no request in the window: nothing is slow */
-        if (dreq > 0) {
+        /* no request in the window: nothing is slow; too few for a 95th
+         * percentile (one slow request would be it): no data */
+        in->p95_ms = dreq == 0 ? 0 : NAN;
+        if (dreq >= P95_MIN_REQUESTS) {
             uint64_t need = (uint64_t)ceil(0.95 * (double)dreq), acc = 0;
             for (unsigned b = 0; b < SG_LATENCY_BUCKETS; b++) {
                 uint64_t cnt = smp->lat[b] - old->lat[b];
@@ -857,6 +875,8 @@ static void collect(struct spool *sp, uint64_t now) {
     in->memory_percent = ncpu && sp->mem_total > 0 ? rss / ncpu / sp->mem_total * 100 : NAN;
     in->has_queue = sp->cfg.queue_per_instance > 0 && sp->has_queue_value;
     in->queue_depth = sp->queue_depth;
+    if (in->has_queue && in->queue_depth > 0)
+        sp->last_activity = now; /* work waits: not idle, even without requests */
 }
 
 /* The desired count now (ready + starting), with its reason in sp->reason. */
@@ -1263,6 +1283,44 @@ void sg_scaler_free(struct sg_scaler *s) {
     uv_close((uv_handle_t *)&s->wake, scaler_closed);
 }
 
+static void on_shut_timer(uv_timer_t *t) {
+    struct sg_scaler *s = t->data;
+    if (s->shut_done) {
+        void (*done)(void *) = s->shut_done;
+        s->shut_done = NULL;
+        done(s->shut_arg);
+    }
+}
+
+/* Reports the end of sg_scaler_shutdown once no instance is left (from
+ * the loop, never from inside a supervisor callback). */
+static void shutdown_check(struct sg_scaler *s) {
+    if (!s->shutting || s->shut_done == NULL)
+        return;
+    for (struct sg_list *it = s->pools.next; it != &s->pools; it = it->next)
+        if (!sg_list_empty(&sg_container_of(it, struct spool, link)->insts))
+            return;
+    uv_timer_start(&s->pub_timer, on_shut_timer, 0, 0);
+}
+
+void sg_scaler_shutdown(struct sg_scaler *s, void (*done)(void *), void *arg) {
+    s->shutting = true;
+    s->shut_done = done;
+    s->shut_arg = arg;
+    uv_timer_stop(&s->tick);
+    uv_timer_stop(&s->pub_timer);
+    for (struct sg_list *it = s->pools.next; it != &s->pools; it = it->next) {
+        struct spool *sp = sg_container_of(it, struct spool, link);
+        for (struct sg_list *i2 = sp->insts.next, *next; i2 != &sp->insts; i2 = next) {
+            next = i2->next;
+            struct inst *in = sg_container_of(i2, struct inst, link);
+            if (in->state != I_STOPPING)
+                stop_now(in); /* SIGTERM (SIGKILL after stop_grace); may free in */
+        }
+    }
+    shutdown_check(s);
+}
+
 /* ---- admin API ---------------------------------------------------------------- */
 
 static json_t *iso_time(int64_t ms) {
@@ -1326,8 +1384,9 @@ static json_t *status_json(const struct spool *sp, uint64_t now) {
         json_object_set_new(i, "in_state_s",
                             json_real(round((double)(now - in->since) / 100.0) / 10));
         json_object_set_new(i, "inflight", json_integer(atomic_load(&in->st->inflight)));
-        json_object_set_new(i, "requests",
-                            json_integer((json_int_t)atomic_load(&in->st->requests)));
+        json_object_set_new(
+            i, "requests",
+            json_integer((json_int_t)(atomic_load(&in->st->requests) - in->req_base)));
         if (in->proc) {
             json_object_set_new(i, "id", json_integer(in->proc->id));
             json_object_set_new(i, "pid", json_integer(in->proc->pid));
@@ -1470,7 +1529,7 @@ static void put_config(struct sg_scaler *s, struct spool *sp, json_t *body,
                 {"max", false},
                 {"enabled", false},
                 {"targets", false},
-                {"tolerance_percent", false},
+                {"tolerance", false},
                 {"scale_up_percent", false},
                 {"scale_up_pods", false},
                 {"scale_down_pods", false},
@@ -1490,7 +1549,7 @@ static void put_config(struct sg_scaler *s, struct spool *sp, json_t *body,
             known = strcmp(k, keys[i].name) == 0;
         if (!known) {
             api_error(r, 400,
-                      "unknown key %.64s (min, max, enabled, targets, tolerance_percent, "
+                      "unknown key %.64s (min, max, enabled, targets, tolerance, "
                       "scale_up_percent, scale_up_pods, scale_down_pods, scale_up_stabilization, "
                       "scale_down_stabilization, idle_before_zero)",
                       k);
@@ -1513,7 +1572,7 @@ static void put_config(struct sg_scaler *s, struct spool *sp, json_t *body,
     }
     UINT_KEY("min", min, 0, 1000)
     UINT_KEY("max", max, 1, 1000)
-    UINT_KEY("tolerance_percent", tolerance_percent, 0, 100)
+    UINT_KEY("tolerance", tolerance_percent, 0, 100)
     UINT_KEY("scale_up_percent", up_percent, 0, 10000)
     UINT_KEY("scale_up_pods", up_pods, 0, 1000)
     UINT_KEY("scale_down_pods", down_pods, 0, 1000)
@@ -1531,6 +1590,10 @@ static void put_config(struct sg_scaler *s, struct spool *sp, json_t *body,
     DUR_KEY("scale_down_stabilization", down_stabilization_ms)
     DUR_KEY("idle_before_zero", idle_before_zero_ms)
 #undef DUR_KEY
+    if (c.idle_before_zero_ms == 0) {
+        api_error(r, 400, "idle_before_zero must be more than 0");
+        return;
+    }
     if ((x = json_object_get(body, "enabled")) != NULL) {
         if (!json_is_boolean(x)) {
             api_error(r, 400, "enabled must be true or false");
@@ -1690,8 +1753,16 @@ bool sg_scaler_admin(void *arg, const struct sg_admin_request *req,
             return true;
         }
         size_t limit = 100;
-        if (query_get(req->query, req->query_len, "limit", limit_s, sizeof(limit_s)))
-            limit = (size_t)strtoul(limit_s, NULL, 10);
+        if (query_get(req->query, req->query_len, "limit", limit_s, sizeof(limit_s))) {
+            char *end = NULL;
+            unsigned long v = strtoul(limit_s, &end, 10);
+            if (*limit_s == '\0' || *end != '\0' || v == 0 || v > HISTORY_MAX * 64) {
+                json_decref(list);
+                api_error(resp, 400, "limit must be a number from 1 to %u", HISTORY_MAX * 64);
+                return true;
+            }
+            limit = v;
+        }
         /* newest first across pools: merge by time */
         size_t idx[64] = {0}, np = 0;
         struct spool *sps[64];
@@ -1745,7 +1816,6 @@ bool sg_scaler_admin(void *arg, const struct sg_admin_request *req,
                 continue;
             if (sp->autoscale != on) {
                 sp->autoscale = on;
-                sg_scale_state_init(&sp->pst);
                 sg_log_info("pool %s: autoscaling %s through the admin API", sp->name,
                             on ? "started" : "stopped");
                 history(sp, on ? "started" : "stopped", 0, 0,
@@ -1764,7 +1834,10 @@ bool sg_scaler_admin(void *arg, const struct sg_admin_request *req,
         }
         if (only == NULL) {
             json_decref(body);
-            api_error(resp, 400, "several pools scale: say which with \"pool\" or ?pool=");
+            if (nscaled == 0)
+                api_error(resp, 404, "no pool has a scale section");
+            else
+                api_error(resp, 400, "several pools scale: say which with \"pool\" or ?pool=");
             return true;
         }
         put_config(s, only, body, resp);

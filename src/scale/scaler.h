@@ -47,6 +47,12 @@ struct sg_config *sg_scaler_apply(struct sg_scaler *s, struct sg_config *loaded)
  * policy only while this gateway holds the pool's lease. */
 void sg_scaler_set_redis(struct sg_scaler *s, struct sg_redis *r, uint64_t lease_ttl_ms);
 
+/* The graceful end (SIGTERM to the gateway, after its requests are done):
+ * every instance the gateway runs gets SIGTERM, then SIGKILL after its
+ * pool's stop_grace; none starts any more; done(arg) runs on the loop once
+ * all have exited (at once when there are none). Then sg_scaler_free. */
+void sg_scaler_shutdown(struct sg_scaler *s, void (*done)(void *), void *arg);
+
 /* Stops every instance (SIGKILL to their process groups, as at exit) and
  * frees s once its handles have closed; the caller keeps running the loop. */
 void sg_scaler_free(struct sg_scaler *s);

@@ -169,6 +169,13 @@ BAD = [
      "targets: { p95_ms: 100 } }\n", "pools.app.scale.scale_to: required key is missing"),
     ("zero needs process", "    scale: { driver: command, scale_to: x, list: y, min: 0, "
      "max: 2, targets: { p95_ms: 100 } }\n", "scale to zero (min: 0) needs driver: process"),
+    ("empty targets", "    scale: { command: x, min: 1, max: 3, targets: {} }\n",
+     "pools.app.scale.targets: required when min (1) and max (3) differ"),
+    ("window under period", "    scale: { command: x, max: 2, period: 2s, window: 1s, "
+     "targets: { p95_ms: 100 } }\n",
+     "pools.app.scale.window: window (1s) is shorter than period (2s)"),
+    ("redis url", "    scale: { command: x, max: 2, targets: { p95_ms: 100 } }\n"
+     "redis: { url: \"redis://u:p@h:1/3\" }\n", "redis.url: \"redis://u:p@h:1/3\" is not"),
     ("queue list needs redis", "    scale: { command: x, max: 2, queue: { redis_list: jobs }, "
      "targets: { queue_per_instance: 10 } }\n", "needs the redis section"),
 ]
@@ -436,6 +443,23 @@ def test_gateway_stop_stops_instances(gateway):
     pids = instance_pids(admin.status())
     assert g.stop() == 0, tail(g.log())
     assert not any(alive(p) for p in pids)
+    # gracefully: SIGTERM after the requests are done, not a kill
+    assert g.log().count("stopping (SIGTERM)") == 2, tail(g.log())
+    assert "killed at shutdown" not in g.log()
+
+
+def test_gateway_stop_kills_an_instance_that_ignores_sigterm(gateway):
+    g, admin = start_scaled(gateway, {
+        "command": "\"sh -c 'trap \\\"\\\" TERM; sleep 60 & wait'\"", "min": 1, "max": 1,
+        "ports": "%d-%d" % port_range(2), "stop_grace": "1s"})
+    assert wait_until(lambda: instance_pids(admin.status()), 10), admin.status()
+    pid = instance_pids(admin.status())[0]
+    t = time.monotonic()
+    assert g.stop() == 0, tail(g.log())
+    took = time.monotonic() - t
+    assert 0.8 <= took < 8, took
+    assert "still running after 1000 ms; sending SIGKILL" in g.log(), tail(g.log())
+    assert not alive(pid)
 
 
 # --------------------------------------------------------------------------
