@@ -22,6 +22,7 @@
 #include "core/log.h"
 #include "pool/health.h"
 #include "pool/pool.h"
+#include "ratelimit/limit.h"
 #include "redis/redis.h"
 #include "scale/scaler.h"
 #include "server/server.h"
@@ -141,6 +142,19 @@ static void warn_restart_only(const struct sg_config *old, const struct sg_confi
                     "restart");
 }
 
+/* The rate-limit table, made when a config first has a rule. Returns 0 or -1. */
+static int rate_limits_ready(const struct sg_config *cfg) {
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        if (cfg->routes[i].nrate_limits == 0)
+            continue;
+        if (sg_ratelimit_init(cfg->limits.rate_limit_keys) == 0)
+            return 0;
+        sg_log_error("cannot allocate the rate-limit table (%u keys)", cfg->limits.rate_limit_keys);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_reload_signal(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
@@ -157,6 +171,11 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
     }
     sg_config_errors_free(&errs);
     warn_restart_only(running, cfg);
+    if (rate_limits_ready(cfg) != 0) {
+        sg_log_error("reload failed: out of memory; keeping the running config");
+        sg_config_unref(cfg);
+        return;
+    }
     struct sg_config *loaded_before = sg_config_ref(running->base ? running->base : running);
     struct sg_config *run = sg_scaler_apply(scaler, cfg);
     sg_config_unref(cfg);
@@ -261,7 +280,7 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &sig_hup);
     uv_timer_init(loop, &shutdown_timer);
     scaler = sg_scaler_new(loop, on_publish, NULL);
-    if (scaler == NULL || start_control(running) != 0) {
+    if (scaler == NULL || rate_limits_ready(running) != 0 || start_control(running) != 0) {
         sg_config_unref(running);
         return 1;
     }
@@ -286,6 +305,7 @@ int main(int argc, char **argv) {
     sg_server_cleanup();
     uv_run(loop, UV_RUN_DEFAULT); /* close callbacks */
     sg_config_unref(running);
+    sg_ratelimit_cleanup();
     uv_loop_close(loop);
     sg_log_info("stopped");
     return 0;

@@ -200,8 +200,23 @@ void sg__config_free(struct sg_config *c) {
     }
     free(c->pools);
     for (size_t i = 0; i < c->nroutes; i++) {
-        free(c->routes[i].host);
-        free(c->routes[i].path_prefix);
+        struct sg_route *r = &c->routes[i];
+        free(r->host);
+        free(r->path_prefix);
+        free((void *)r->in_flight);
+        for (size_t j = 0; j < r->nrate_limits; j++) {
+            struct sg_rl_rule *rl = &r->rate_limits[j];
+            free(rl->name);
+            free(rl->key_name);
+            free(rl->class_header);
+            for (size_t k = 0; k < rl->noverrides; k++)
+                free(rl->overrides[k].value);
+            free(rl->overrides);
+            for (size_t k = 0; k < rl->nclasses; k++)
+                free(rl->classes[k].value);
+            free(rl->classes);
+        }
+        free(r->rate_limits);
     }
     free(c->routes);
     free(c);

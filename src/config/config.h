@@ -147,6 +147,43 @@ struct sg_pool {
                            (struct sg_pool_state, pool/state.h); set by sg_pool_prepare */
 };
 
+/* Rate limiting (the route's "rate_limit" rules; ratelimit/limit.h applies them). */
+enum sg_rl_key {
+    SG_RL_KEY_IP = 0, /* the client's address */
+    SG_RL_KEY_HEADER, /* header:NAME */
+    SG_RL_KEY_COOKIE, /* cookie:NAME */
+    SG_RL_KEY_QUERY,  /* query:NAME */
+    SG_RL_KEY_GLOBAL  /* one bucket for every request */
+};
+
+struct sg_rl_rate {
+    uint32_t count;     /* requests ... */
+    uint64_t period_ms; /* ... per period ("10/s", "100/min", "1000/h") */
+    uint32_t burst;     /* bucket capacity: requests at once (default: count) */
+};
+
+/* A rate for one value: of the key (overrides) or of class_header (classes). */
+struct sg_rl_override {
+    char *value;
+    size_t value_len;
+    struct sg_rl_rate rate;
+};
+
+struct sg_rl_rule {
+    char *name;  /* the policy's name in the RateLimit fields; default "route<i>-<j>" */
+    uint64_t id; /* hash of name and key: rules with the same both share buckets */
+    struct sg_rl_rate rate;
+    enum sg_rl_key key;
+    char *key_name; /* header, cookie or query parameter name, else NULL */
+    size_t key_name_len;
+    struct sg_rl_override *overrides; /* by the key's value */
+    size_t noverrides;
+    char *class_header; /* classes: the rate by this header's value (X-Device-Class) */
+    size_t class_header_len;
+    struct sg_rl_override *classes;
+    size_t nclasses;
+};
+
 struct sg_route {
     char *host;        /* NULL = any; exact match, case-insensitive, port ignored;
                           "*.example.com" matches any subdomain */
@@ -154,11 +191,19 @@ struct sg_route {
     size_t path_prefix_len;
     uint32_t methods; /* bit (1u << enum sg_http_method); 0 = any */
     struct sg_pool *pool;
-    struct sg_pool *read_pool; /* NULL, or the pool for GET, HEAD and OPTIONS */
-    bool retryable;            /* retry any method (not only idempotent ones) */
+    struct sg_pool *read_pool;      /* NULL, or the pool for GET, HEAD and OPTIONS */
+    bool retryable;                 /* retry any method (not only idempotent ones) */
+    struct sg_rl_rule *rate_limits; /* every rule applies; all must admit */
+    size_t nrate_limits;
+    bool rate_limit_headers;     /* RateLimit fields on admitted responses too (default true) */
+    uint32_t max_in_flight;      /* default 0 = no limit: requests of this route in flight at once,
+                                    all workers; beyond, 503 with Retry-After */
+    _Atomic uint32_t *in_flight; /* requests in flight now; shared by the snapshots derived
+                                    from one loaded config (mutable) */
 };
 
 struct sg_limits {
+    uint32_t rate_limit_keys;     /* default 1000000: rate-limit buckets kept (memory bound) */
     uint32_t max_connections;     /* default 10000, process-wide client connections */
     uint64_t header_timeout_ms;   /* default 10s: whole request head must arrive within */
     uint64_t idle_timeout_ms;     /* default 60s: keep-alive client with no request */

@@ -54,6 +54,10 @@ void sg__cfg_build_scale(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_n
 void sg__cfg_build_admin(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
 void sg__cfg_build_redis(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
 
+/* A route's "rate_limit" (schema_ratelimit.c). */
+void sg__cfg_build_rate_limit(struct sg__cfg_ctx *cx, struct sg_route *route, size_t route_idx,
+                              const yaml_node_t *n, const char *path);
+
 /* A listen address (schema.c): l->text set (normalised) on success. */
 void sg__cfg_listen_addr(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
                          struct sg_listen *l);

@@ -30,6 +30,8 @@
 enum { LIM_MAX_REQUEST_LINE = 5, LIM_MAX_HEADER_BYTES = 6 };
 
 static const struct sg__cfg_field limit_fields[] = {
+    {"rate_limit_keys", SG__CFG_COUNT, 4, offsetof(struct sg_limits, rate_limit_keys), 1024,
+     100000000},
     {"max_connections", SG__CFG_COUNT, 4, offsetof(struct sg_limits, max_connections), 1, 10000000},
     {"header_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_limits, header_timeout_ms), 1,
      SG__CFG_YEAR_MS},
@@ -324,12 +326,27 @@ static struct sg_pool *route_pool(struct sg__cfg_ctx *cx, const yaml_node_t *n, 
 
 static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path, size_t i,
                         void *arg) {
-    static const char *const names[] = {"match", "pool", "read_pool", "retryable"};
-    enum { MATCH, POOL, READ_POOL, RETRYABLE, NROUTE };
+    static const char *const names[] = {"match",        "pool",       "read_pool",
+                                        "retryable",    "rate_limit", "rate_limit_headers",
+                                        "max_in_flight"};
+    enum {
+        MATCH,
+        POOL,
+        READ_POOL,
+        RETRYABLE,
+        RATE_LIMIT,
+        RATE_LIMIT_HEADERS,
+        MAX_IN_FLIGHT,
+        NROUTE
+    };
     struct sg_config *c = arg;
     struct sg_route *r = &c->routes[i];
     yaml_node_t *vals[NROUTE];
     char kp[SG__CFG_PATHSZ];
+
+    r->rate_limit_headers = true;
+    if ((r->in_flight = sg__cfg_alloc(cx, 1, sizeof(*r->in_flight))) == NULL)
+        return;
 
     if (sg__cfg_is_null(n) || n->type != YAML_MAPPING_NODE) {
         sg__cfg_error(cx, n, path, "expected a map with match and pool, got %s",
@@ -348,6 +365,21 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
     if (vals[RETRYABLE]) {
         sg__cfg_path_key(kp, path, "retryable");
         r->retryable = sg__cfg_bool(cx, vals[RETRYABLE], kp) == 1;
+    }
+    if (vals[RATE_LIMIT]) {
+        sg__cfg_path_key(kp, path, "rate_limit");
+        sg__cfg_build_rate_limit(cx, r, i, vals[RATE_LIMIT], kp);
+    }
+    if (vals[RATE_LIMIT_HEADERS]) {
+        sg__cfg_path_key(kp, path, "rate_limit_headers");
+        r->rate_limit_headers = sg__cfg_bool(cx, vals[RATE_LIMIT_HEADERS], kp) != 0;
+    }
+    if (vals[MAX_IN_FLIGHT]) {
+        static const struct sg__cfg_field f = {
+            "max_in_flight", SG__CFG_COUNT, 4, offsetof(struct sg_route, max_in_flight), 0,
+            10000000};
+        sg__cfg_path_key(kp, path, "max_in_flight");
+        sg__cfg_set_field(cx, &f, vals[MAX_IN_FLIGHT], kp, r);
     }
     sg__cfg_path_key(kp, path, "pool");
     if (vals[POOL] == NULL)
@@ -385,6 +417,7 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
 
     c->workers = cores();
     c->limits = (struct sg_limits){
+        .rate_limit_keys = 1000000,
         .max_connections = 10000,
         .header_timeout_ms = 10 * 1000,
         .idle_timeout_ms = 60 * 1000,
@@ -431,6 +464,8 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
         c->routes = sg__cfg_alloc(cx, 1, sizeof(*c->routes));
         if (c->routes) {
             c->routes[0].pool = &c->pools[0];
+            c->routes[0].rate_limit_headers = true;
+            c->routes[0].in_flight = sg__cfg_alloc(cx, 1, sizeof(*c->routes[0].in_flight));
             c->nroutes = 1;
         }
     } else if (c->npools > 1) {

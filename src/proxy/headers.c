@@ -156,8 +156,8 @@ struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
 }
 
 struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, bool client_http10,
-                                 bool decode) {
-    size_t cap = m->reason_len + 96;
+                                 bool decode, const struct sg_buf *extra) {
+    size_t cap = m->reason_len + 96 + (extra ? extra->end : 0);
     for (uint32_t i = 0; i < m->num_headers; i++)
         cap += m->headers[i].name_len + m->headers[i].value_len + 4;
     struct sg_buf *b = sg_buf_get_size(cap);
@@ -179,6 +179,8 @@ struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, b
             continue;
         put_header(&o, h);
     }
+    if (extra)
+        put(&o, extra->data, extra->end);
     PUTS(&o, "Via: 1.1 scalegate\r\n");
     if (upgrade)
         PUTS(&o, "Connection: upgrade\r\n");

@@ -56,6 +56,9 @@ static void dequeue(struct sg_worker *w, struct sg_exchange *ex) {
 static void ex_free(struct sg_worker *w, struct sg_exchange *ex) {
     dequeue(w, ex);
     uncount(ex);
+    if (ex->route_slot)
+        atomic_fetch_sub_explicit(ex->route_slot, 1, memory_order_relaxed);
+    sg_buf_put(ex->extra_hdr);
     sg_buf_put(ex->head);
     sg_buf_put(ex->replay);
     sg_config_unref(ex->cfg);
@@ -304,24 +307,26 @@ static const char *find_pair(const char *s, const char *end, char sep, const cha
     return NULL;
 }
 
-/* The value a balance: hash pool hashes, or false when the request has none. */
-static bool pick_key(const struct sg_pool *pool, const struct sg_conn *c,
-                     const struct sg_http_msg *msg, uint64_t *out) {
+bool sg_request_value(enum sg_hash_source src, const char *name, size_t nlen,
+                      const struct sg_conn *c, const struct sg_http_msg *msg, const char **out,
+                      size_t *out_len) {
     const char *p = NULL;
     size_t n = 0;
     const char *target = msg->target, *qs;
     size_t tlen = msg->target_len;
-    switch (pool->hash_source) {
+    switch (src) {
     case SG_HASH_IP:
-        *out = sg_hash64(c->ip, c->ip_family == AF_INET ? 4 : 16);
+        *out = (const char *)c->ip;
+        *out_len = c->ip_family == AF_INET ? 4 : 16;
         return c->ip_family != 0;
     case SG_HASH_PATH:
         qs = memchr(target, '?', tlen);
-        *out = sg_hash64(target, qs ? (size_t)(qs - target) : tlen);
+        *out = target;
+        *out_len = qs ? (size_t)(qs - target) : tlen;
         return true;
     case SG_HASH_HEADER:
         for (uint32_t i = 0; i < msg->num_headers; i++) {
-            if (sg_http_name_eq(&msg->headers[i], pool->hash_name, pool->hash_name_len)) {
+            if (sg_http_name_eq(&msg->headers[i], name, nlen)) {
                 p = msg->headers[i].value;
                 n = msg->headers[i].value_len;
                 break;
@@ -331,18 +336,29 @@ static bool pick_key(const struct sg_pool *pool, const struct sg_conn *c,
     case SG_HASH_QUERY:
         qs = memchr(target, '?', tlen);
         if (qs)
-            p = find_pair(qs + 1, target + tlen, '&', pool->hash_name, pool->hash_name_len, &n);
+            p = find_pair(qs + 1, target + tlen, '&', name, nlen, &n);
         break;
     case SG_HASH_COOKIE:
         for (uint32_t i = 0; i < msg->num_headers && !p; i++) {
             const struct sg_http_header *h = &msg->headers[i];
             if (sg_http_name_eq(h, "cookie", 6))
-                p = find_pair(h->value, h->value + h->value_len, ';', pool->hash_name,
-                              pool->hash_name_len, &n);
+                p = find_pair(h->value, h->value + h->value_len, ';', name, nlen, &n);
         }
         break;
     }
     if (!p || n == 0)
+        return false;
+    *out = p;
+    *out_len = n;
+    return true;
+}
+
+/* The value a balance: hash pool hashes, or false when the request has none. */
+static bool pick_key(const struct sg_pool *pool, const struct sg_conn *c,
+                     const struct sg_http_msg *msg, uint64_t *out) {
+    const char *p;
+    size_t n;
+    if (!sg_request_value(pool->hash_source, pool->hash_name, pool->hash_name_len, c, msg, &p, &n))
         return false;
     *out = sg_hash64(p, n);
     return true;
@@ -353,7 +369,7 @@ static bool is_safe(int m) {
 }
 
 int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head_len,
-                   const struct sg_route *route) {
+                   const struct sg_route *route, const char *extra_hdr, size_t extra_len) {
     struct sg_worker *w = c->w;
     if (msg->method_id == SG_METHOD_CONNECT)
         return 405;
@@ -402,6 +418,11 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
     ex->cfg = sg_config_ref(w->cfg);
     ex->pool = pool;
     ex->start_ms = now_ms(ex);
+    if (extra_hdr && extra_len) {
+        ex->extra_hdr = sg_buf_get_size(extra_len);
+        memcpy(ex->extra_hdr->data, extra_hdr, extra_len);
+        ex->extra_hdr->end = (uint32_t)extra_len;
+    }
     if (wait) {
         ex->queued = 1;
         ex->cold = cold;
@@ -444,6 +465,8 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
         ex_free(w, ex);
         return status;
     }
+    if (route->max_in_flight)
+        ex->route_slot = route->in_flight; /* from here on the exchange gives it back */
     sg_conn_set_state(c, SG_CONN_PROXY);
     if (msg->expect_continue && !ex->req_done && !ex->client_http10) {
         uv_buf_t b = uv_buf_init((char *)continue_100, sizeof(continue_100) - 1);
@@ -754,7 +777,7 @@ void sg__proxy_upstream_data(struct sg_exchange *ex) {
     }
     struct sg_buf *rh;
     if (msg.status == 101) {
-        rh = sg__response_head(&msg, true, ex->client_http10, false);
+        rh = sg__response_head(&msg, true, ex->client_http10, false, NULL);
         if (rh)
             enter_tunnel(ex);
     } else {
@@ -767,7 +790,7 @@ void sg__proxy_upstream_data(struct sg_exchange *ex) {
         ex->up_reusable = msg.keep_alive && msg.body != SG_BODY_EOF;
         ex->keep_client = ex->keep_client && ex->req_done && msg.body != SG_BODY_EOF &&
                           !ex->decode && !w->draining;
-        rh = sg__response_head(&msg, ex->keep_client, ex->client_http10, ex->decode);
+        rh = sg__response_head(&msg, ex->keep_client, ex->client_http10, ex->decode, ex->extra_hdr);
     }
     if (!rh) {
         fail(ex, 502);

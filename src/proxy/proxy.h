@@ -20,9 +20,21 @@
  * of c->rbuf), routed to route. On success returns 0: the head bytes have been
  * consumed and c is in SG_CONN_PROXY. Otherwise returns the HTTP status the
  * gateway must answer (400, 413, ...) and nothing was sent to any backend.
+ * extra_hdr (extra_len bytes of header lines, each ending in CRLF; may be
+ * NULL) is added to the response (the RateLimit fields). When the route has
+ * max_in_flight, the caller has counted the request in route->in_flight and
+ * the exchange uncounts it when it ends (not when 0 is not returned).
  */
 int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head_len,
-                   const struct sg_route *route);
+                   const struct sg_route *route, const char *extra_hdr, size_t extra_len);
+
+/* The request's value for a key source (hash_key, rate-limit keys): the
+ * client address bytes (SG_HASH_IP), the path, or the value of header,
+ * cookie or query parameter name. False when the request has none (or it
+ * is empty). *out points into msg (or c). */
+bool sg_request_value(enum sg_hash_source src, const char *name, size_t nlen,
+                      const struct sg_conn *c, const struct sg_http_msg *msg, const char **out,
+                      size_t *out_len);
 
 /* New bytes arrived in c->rbuf while c is in SG_CONN_PROXY or SG_CONN_TUNNEL. */
 void sg_proxy_client_data(struct sg_conn *c);

@@ -46,17 +46,19 @@ struct sg_exchange {
     struct sg_config *cfg;
     const struct sg_pool *pool;
     const struct sg_server *server;
-    struct sg_buf *head;   /* rewritten request head; kept until the response
-                              head arrives so that the request can be resent */
-    struct sg_buf *replay; /* request body bytes sent so far, kept for a retry
-                              while they fit retry.buffer (NULL otherwise) */
-    uint64_t tried;        /* bit i: pool->servers[i] was tried */
-    uint64_t start_ms;     /* uv_now when the request head was complete */
-    uint64_t key_hash;     /* balance: hash */
-    uint32_t server_idx;   /* index of server in pool->servers */
-    uint8_t attempts;      /* servers tried so far */
-    uint64_t req_left;     /* LENGTH: body bytes not yet validated */
-    uint32_t req_ready;    /* validated body bytes at the front of client->rbuf */
+    struct sg_buf *head;          /* rewritten request head; kept until the response
+                                     head arrives so that the request can be resent */
+    struct sg_buf *replay;        /* request body bytes sent so far, kept for a retry
+                                     while they fit retry.buffer (NULL otherwise) */
+    uint64_t tried;               /* bit i: pool->servers[i] was tried */
+    uint64_t start_ms;            /* uv_now when the request head was complete */
+    struct sg_buf *extra_hdr;     /* header lines for the response (RateLimit), or NULL */
+    _Atomic uint32_t *route_slot; /* route->in_flight to give back at the end, or NULL */
+    uint64_t key_hash;            /* balance: hash */
+    uint32_t server_idx;          /* index of server in pool->servers */
+    uint8_t attempts;             /* servers tried so far */
+    uint64_t req_left;            /* LENGTH: body bytes not yet validated */
+    uint32_t req_ready;           /* validated body bytes at the front of client->rbuf */
     uint32_t resp_scanned;
     uint64_t resp_left; /* LENGTH: response body bytes to go */
     struct sg_http_chunked req_ch;
@@ -104,6 +106,6 @@ void sg__proxy_upstream_written(struct sg_exchange *ex, int status);
 struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
                                 const char *fallback_host, bool upgrade, bool strip_expect);
 struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, bool client_http10,
-                                 bool decode);
+                                 bool decode, const struct sg_buf *extra);
 
 #endif

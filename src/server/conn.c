@@ -19,6 +19,7 @@
 #include "core/io.h"
 #include "core/log.h"
 #include "proxy/proxy.h"
+#include "ratelimit/limit.h"
 #include "server/server.h"
 
 /* How long a closing connection may take to drain its last answer. */
@@ -228,21 +229,34 @@ int sg_conn_write(struct sg_conn *c, const uv_buf_t *bufs, unsigned n, struct sg
     return r;
 }
 
+/* The gateway's own answer: status, a plain-text body, extra header lines
+ * (each ending in CRLF), and Connection: close unless keep. */
+static struct sg_buf *local_answer(int status, const char *extra, size_t extra_len,
+                                   const char *conn) {
+    const char *reason = sg_http_reason(status);
+    struct sg_buf *b = sg_buf_get_size(512 + extra_len);
+    int body = snprintf(NULL, 0, "%d %s\n", status, reason);
+    /* 503: the client may come back in a second (no server, or too busy). */
+    bool retry = status == 503 && (extra_len == 0 || !memmem(extra, extra_len, "Retry-After", 11));
+    int n = snprintf(b->data, b->cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     "%s%.*s%s\r\n%d %s\n",
+                     status, reason, body, retry ? "Retry-After: 1\r\n" : "", (int)extra_len,
+                     extra ? extra : "", conn, status, reason);
+    b->end = (uint32_t)n;
+    return b;
+}
+
 void sg_conn_error(struct sg_conn *c, int status) {
+    sg_conn_error_hdr(c, status, NULL, 0);
+}
+
+void sg_conn_error_hdr(struct sg_conn *c, int status, const char *extra, size_t extra_len) {
     if (c->closed)
         return;
     if (c->ex)
         sg_proxy_abort(c);
-    const char *reason = sg_http_reason(status);
-    struct sg_buf *b = sg_buf_get_size(512);
-    int body = snprintf(NULL, 0, "%d %s\n", status, reason);
-    /* 503: the client may come back in a second (no server, or too busy). */
-    int n =
-        snprintf(b->data, b->cap,
-                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                 "%sConnection: close\r\n\r\n%d %s\n",
-                 status, reason, body, status == 503 ? "Retry-After: 1\r\n" : "", status, reason);
-    b->end = (uint32_t)n;
+    struct sg_buf *b = local_answer(status, extra, extra_len, "Connection: close\r\n");
     sg_conn_set_state(c, SG_CONN_CLOSING);
     /* Input is discarded from now on. */
     if (c->rbuf)
@@ -288,8 +302,49 @@ void sg_conn_request_done(struct sg_conn *c, bool keep_alive) {
         sg_conn_read_start(c);
 }
 
-/* Parses the head at the front of rbuf and starts its exchange. */
+/* Answers the request msg (head_len bytes, no body) from the gateway and
+ * keeps the connection for the next one. False when the connection
+ * cannot be kept: then it was answered and is closing. */
+static bool answer_and_keep(struct sg_conn *c, const struct sg_http_msg *msg, size_t head_len,
+                            int status, const char *extra, size_t extra_len) {
+    if (msg->body != SG_BODY_NONE || !msg->keep_alive || c->w->draining || c->peer_eof) {
+        sg_conn_error_hdr(c, status, extra, extra_len);
+        return false;
+    }
+    /* an HTTP/1.0 client that asked for keep-alive is told it got it */
+    struct sg_buf *b =
+        local_answer(status, extra, extra_len, msg->minor == 0 ? "Connection: keep-alive\r\n" : "");
+    uv_buf_t ub = uv_buf_init(b->data, b->end);
+    int r = sg_conn_write(c, &ub, 1, b, NULL);
+    if (r != 1)
+        sg_buf_put(b);
+    if (r < 0) {
+        really_close(c);
+        return false;
+    }
+    c->rbuf->start += (uint32_t)head_len;
+    c->scanned = 0;
+    return true;
+}
+
+static bool process_one(struct sg_conn *c);
+
+/* Parses the heads at the front of rbuf: starts the exchange of the first
+ * one, or answers it here (rate limited, shed) and goes on with the next. */
 static void process_heads(struct sg_conn *c) {
+    while (process_one(c)) {
+        if (c->rbuf->start == c->rbuf->end) {
+            release_rbuf_if_empty(c);
+            sg_conn_set_state(c, SG_CONN_IDLE);
+            return;
+        }
+        sg_conn_set_state(c, SG_CONN_HEAD);
+    }
+}
+
+/* Parses the head at the front of rbuf and starts its exchange. True when
+ * it was answered here on a kept connection (the caller goes on). */
+static bool process_one(struct sg_conn *c) {
     struct sg_worker *w = c->w;
     const struct sg_config *cfg = w->cfg;
     struct sg_buf *b = c->rbuf;
@@ -321,12 +376,12 @@ static void process_heads(struct sg_conn *c) {
                 sg_conn_error(c, 431);
             }
         }
-        return;
+        return false;
     }
     if (r == SG_HTTP_ERROR) {
         sg_log_debug("conn %u.%u: bad request: %s", w->index, c->id, msg.error ? msg.error : "?");
         sg_conn_error(c, msg.error_status ? msg.error_status : 400);
-        return;
+        return false;
     }
     /* Route on the authority of an absolute-form target, else on Host. */
     const char *host = NULL;
@@ -356,11 +411,41 @@ static void process_heads(struct sg_conn *c) {
     const struct sg_route *route = sg_config_route(cfg, host, host_len, path, plen, msg.method_id);
     if (!route) {
         sg_conn_error(c, 404);
-        return;
+        return false;
     }
-    int status = sg_proxy_start(c, &msg, (size_t)r, route);
-    if (status)
+    struct sg_rl_verdict verdict, *v = NULL;
+    if (route->nrate_limits) {
+        v = &verdict;
+        sg_ratelimit_check(route, c, &msg, uv_hrtime() / 1000, v);
+        if (v->limited) {
+            char ra[48];
+            uint64_t secs = (v->retry_after_ms + 999) / 1000;
+            int n = snprintf(ra, sizeof(ra), "Retry-After: %llu\r\n",
+                             (unsigned long long)(secs ? secs : 1));
+            if (v->hdr_len + (size_t)n < sizeof(v->hdr)) {
+                memcpy(v->hdr + v->hdr_len, ra, (size_t)n + 1);
+                v->hdr_len += (size_t)n;
+            }
+            return answer_and_keep(c, &msg, (size_t)r, 429, v->hdr, v->hdr_len);
+        }
+    }
+    if (route->max_in_flight) {
+        uint32_t now_in = atomic_fetch_add(route->in_flight, 1);
+        if (now_in >= route->max_in_flight) {
+            atomic_fetch_sub(route->in_flight, 1);
+            sg_log_debug("conn %u.%u: route over max_in_flight (%u): 503", w->index, c->id,
+                         route->max_in_flight);
+            return answer_and_keep(c, &msg, (size_t)r, 503, "Retry-After: 1\r\n", 17);
+        }
+    }
+    int status = sg_proxy_start(c, &msg, (size_t)r, route, v && v->hdr_len ? v->hdr : NULL,
+                                v ? v->hdr_len : 0);
+    if (status) {
+        if (route->max_in_flight)
+            atomic_fetch_sub(route->in_flight, 1);
         sg_conn_error(c, status);
+    }
+    return false;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {

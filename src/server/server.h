@@ -111,6 +111,8 @@ void sg_conn_set_state(struct sg_conn *c, enum sg_conn_state s);
 void sg_conn_close(struct sg_conn *c);
 /* Answers with a gateway-made error (body "<code> <reason>\n") and closes. */
 void sg_conn_error(struct sg_conn *c, int status);
+/* The same with extra header lines (each ending in CRLF) in the answer. */
+void sg_conn_error_hdr(struct sg_conn *c, int status, const char *extra, size_t extra_len);
 /* The exchange on c is over (its response fully handed to the socket, or
  * queued): continue with the next pipelined request, go idle, or close. */
 void sg_conn_request_done(struct sg_conn *c, bool keep_alive);

@@ -1,0 +1,168 @@
+/*
+ * Route rules against the shared GCRA table (limit.h). The bucket of a
+ * request under a rule is the hash of the rule's id (its name and key
+ * source) mixed with the hash of the key's value, so rules that share a
+ * name and key share buckets, and a reload keeps them.
+ */
+#include "ratelimit/limit.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "pool/balance.h"
+#include "proxy/proxy.h"
+#include "ratelimit/gcra.h"
+
+/* Created by the main thread (start-up, or the first reload with a rule)
+ * while workers may already read it: published with release, read with
+ * acquire. Freed only at exit, after the workers. */
+static _Atomic(struct sg_rl_table *) table;
+
+int sg_ratelimit_init(size_t max_keys) {
+    if (atomic_load(&table))
+        return 0;
+    struct sg_rl_table *t = sg_rl_table_new(max_keys);
+    if (t == NULL)
+        return -ENOMEM;
+    atomic_store_explicit(&table, t, memory_order_release);
+    return 0;
+}
+
+void sg_ratelimit_cleanup(void) {
+    sg_rl_table_free(atomic_exchange(&table, NULL));
+}
+
+size_t sg_ratelimit_keys(void) {
+    struct sg_rl_table *t = atomic_load(&table);
+    return t ? sg_rl_table_keys(t) : 0;
+}
+
+size_t sg_ratelimit_bytes(void) {
+    struct sg_rl_table *t = atomic_load(&table);
+    return t ? sg_rl_table_bytes(t) : 0;
+}
+
+/* splitmix64's finalizer: spreads rule id ^ value hash over every bit. */
+static uint64_t mix(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static const struct sg_rl_override *find(const struct sg_rl_override *t, size_t n, const char *v,
+                                         size_t vl) {
+    for (size_t i = 0; i < n; i++)
+        if (t[i].value_len == vl && memcmp(t[i].value, v, vl) == 0)
+            return &t[i];
+    return NULL;
+}
+
+/* The rate for this request: an override of the key's value, else the
+ * class named by class_header, else the rule's own. */
+static const struct sg_rl_rate *rate_of(const struct sg_rl_rule *r, const struct sg_http_msg *msg,
+                                        const char *v, size_t vl) {
+    const struct sg_rl_override *o =
+        r->noverrides ? find(r->overrides, r->noverrides, v, vl) : NULL;
+    if (o)
+        return &o->rate;
+    for (uint32_t i = 0; r->nclasses && i < msg->num_headers; i++) {
+        const struct sg_http_header *h = &msg->headers[i];
+        if (!sg_http_name_eq(h, r->class_header, r->class_header_len))
+            continue;
+        o = find(r->classes, r->nclasses, h->value, h->value_len);
+        if (o)
+            return &o->rate;
+        break;
+    }
+    return &r->rate;
+}
+
+static const enum sg_hash_source sources[] = {
+    [SG_RL_KEY_IP] = SG_HASH_IP,
+    [SG_RL_KEY_HEADER] = SG_HASH_HEADER,
+    [SG_RL_KEY_COOKIE] = SG_HASH_COOKIE,
+    [SG_RL_KEY_QUERY] = SG_HASH_QUERY,
+};
+
+/* Appends printf output to v->hdr; false when it does not fit. */
+static bool put(struct sg_rl_verdict *v, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static bool put(struct sg_rl_verdict *v, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(v->hdr + v->hdr_len, sizeof(v->hdr) - v->hdr_len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(v->hdr) - v->hdr_len)
+        return false;
+    v->hdr_len += (size_t)n;
+    return true;
+}
+
+static uint64_t ceil_s(uint64_t ms) {
+    return (ms + 999) / 1000;
+}
+
+void sg_ratelimit_check(const struct sg_route *route, const struct sg_conn *c,
+                        const struct sg_http_msg *msg, uint64_t now_us, struct sg_rl_verdict *v) {
+    v->limited = false;
+    v->retry_after_ms = 0;
+    v->hdr_len = 0;
+    v->hdr[0] = '\0';
+    struct sg_rl_table *tab = atomic_load_explicit(&table, memory_order_acquire);
+    if (route->nrate_limits == 0 || tab == NULL)
+        return;
+    /* the rules that applied, for the fields; the tightest one's state */
+    const struct sg_rl_rule *applied[16];
+    const struct sg_rl_rate *rates[16];
+    size_t napplied = 0;
+    const struct sg_rl_rule *tight = NULL;
+    struct sg_rl_result tight_res = {0};
+    for (size_t i = 0; i < route->nrate_limits; i++) {
+        const struct sg_rl_rule *r = &route->rate_limits[i];
+        const char *val = "";
+        size_t vl = 0;
+        if (r->key != SG_RL_KEY_GLOBAL &&
+            !sg_request_value(sources[r->key], r->key_name, r->key_name_len, c, msg, &val, &vl))
+            continue; /* no key: the rule does not apply */
+        const struct sg_rl_rate *rate = rate_of(r, msg, val, vl);
+        struct sg_rl_limit lim = {
+            .count = rate->count, .period_ms = rate->period_ms, .burst = rate->burst};
+        struct sg_rl_result res;
+        sg_rl_check(tab, mix(r->id ^ sg_hash64(val, vl)), &lim, now_us, &res);
+        if (napplied < sizeof(applied) / sizeof(applied[0])) {
+            applied[napplied] = r;
+            rates[napplied++] = rate;
+        }
+        if (!res.allowed) {
+            v->limited = true;
+            v->retry_after_ms = res.retry_after_ms;
+            tight = r;
+            tight_res = res;
+            break;
+        }
+        if (tight == NULL || res.remaining < tight_res.remaining) {
+            tight = r;
+            tight_res = res;
+        }
+    }
+    if (tight == NULL || (!v->limited && !route->rate_limit_headers))
+        return;
+    bool ok = put(v, "RateLimit-Policy: ");
+    for (size_t i = 0; ok && i < napplied; i++)
+        ok = put(v, "%s\"%s\";q=%u;w=%llu", i ? ", " : "", applied[i]->name, rates[i]->count,
+                 (unsigned long long)(rates[i]->period_ms / 1000));
+    ok =
+        ok &&
+        put(v, "\r\nRateLimit: \"%s\";r=%u;t=%llu\r\n", tight->name,
+            v->limited ? 0 : tight_res.remaining,
+            (unsigned long long)ceil_s(v->limited ? tight_res.retry_after_ms : tight_res.reset_ms));
+    if (!ok) { /* names too long for the room: leave the fields out */
+        v->hdr_len = 0;
+        v->hdr[0] = '\0';
+    }
+}
