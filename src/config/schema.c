@@ -30,8 +30,6 @@
 enum { LIM_MAX_REQUEST_LINE = 5, LIM_MAX_HEADER_BYTES = 6 };
 
 static const struct sg__cfg_field limit_fields[] = {
-    {"rate_limit_keys", SG__CFG_COUNT, 4, offsetof(struct sg_limits, rate_limit_keys), 1024,
-     100000000},
     {"max_connections", SG__CFG_COUNT, 4, offsetof(struct sg_limits, max_connections), 1, 10000000},
     {"header_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_limits, header_timeout_ms), 1,
      SG__CFG_YEAR_MS},
@@ -46,6 +44,9 @@ static const struct sg__cfg_field limit_fields[] = {
     {"max_header_bytes", SG__CFG_SIZE, 4, offsetof(struct sg_limits, max_header_bytes), 1 << 10,
      64 << 10},
     {"max_body_bytes", SG__CFG_SIZE, 8, offsetof(struct sg_limits, max_body_bytes), 0, UINT64_MAX},
+    /* last: the checks between keys above index this table */
+    {"rate_limit_keys", SG__CFG_COUNT, 4, offsetof(struct sg_limits, rate_limit_keys), 1024,
+     100000000},
 };
 #define NLIMITS (sizeof(limit_fields) / sizeof(limit_fields[0]))
 
