@@ -23,6 +23,7 @@
 #include "pool/health.h"
 #include "pool/pool.h"
 #include "ratelimit/limit.h"
+#include "ratelimit/shared.h"
 #include "redis/redis.h"
 #include "scale/scaler.h"
 #include "server/server.h"
@@ -38,6 +39,7 @@ static int stopping;
 static struct sg_scaler *scaler;
 static struct sg_admin *admin;
 static struct sg_redis *redis;
+static uv_timer_t registry_timer; /* with redis: this gateway in the rate-limit registry */
 
 static void usage(FILE *f) {
     fprintf(f, "usage: scalegate [-t] -c FILE\n"
@@ -66,8 +68,10 @@ static void finish(void *arg) {
     scaler = NULL;
     sg_admin_close(admin);
     admin = NULL;
-    if (redis)
+    if (redis) {
+        uv_close((uv_handle_t *)&registry_timer, NULL);
         sg_redis_free(redis);
+    }
     redis = NULL;
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
@@ -201,6 +205,12 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
     sg_config_unref(loaded_before);
 }
 
+static void on_registry(uv_timer_t *t) {
+    (void)t;
+    if (redis && sg_redis_connected(redis))
+        sg_rl_shared_register(redis);
+}
+
 /* The admin listener and the Redis link (start-up only). Returns 0 or -1. */
 static int start_control(const struct sg_config *cfg) {
     if (cfg->redis.enabled) {
@@ -210,6 +220,9 @@ static int start_control(const struct sg_config *cfg) {
             return -1;
         }
         sg_scaler_set_redis(scaler, redis, cfg->redis.lease_ttl_ms);
+        uv_timer_init(loop, &registry_timer);
+        uv_timer_start(&registry_timer, on_registry, 100, 1000);
+        uv_unref((uv_handle_t *)&registry_timer);
     }
     if (cfg->admin.enabled) {
         int err = 0;

@@ -227,8 +227,10 @@ struct sg_redis_cfg {
     bool enabled;
     char *host;
     uint16_t port;
-    char *prefix;          /* default "sg:" */
-    uint64_t lease_ttl_ms; /* leader lease of the autoscaler (default 3s) */
+    char *prefix;                  /* default "sg:" */
+    uint64_t lease_ttl_ms;         /* leader lease of the autoscaler (default 3s) */
+    uint64_t rate_limit_budget_ms; /* a shared rate-limit answer later than this: decided
+                                      locally (default 50ms) */
 };
 
 struct sg_config {

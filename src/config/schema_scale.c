@@ -466,21 +466,24 @@ void sg__cfg_build_redis(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
     static const struct sg__cfg_field fields[] = {
         {"lease_ttl", SG__CFG_DURATION, 8, offsetof(struct sg_redis_cfg, lease_ttl_ms), 300,
          3600 * 1000},
+        {"rate_limit_budget", SG__CFG_DURATION, 8,
+         offsetof(struct sg_redis_cfg, rate_limit_budget_ms), 1, 10000},
     };
     static const char *const names[] = {"url", "prefix"};
     enum { URL, PREFIX, NKEYS };
     struct sg_redis_cfg *r = &cx->cfg->redis;
-    yaml_node_t *vals[NKEYS + 1];
+    yaml_node_t *vals[NKEYS + 2];
     char kp[SG__CFG_PATHSZ], q[SG__CFG_QUOTESZ];
 
     r->lease_ttl_ms = 3000;
+    r->rate_limit_budget_ms = 50;
     if (sg__cfg_is_null(n)) {
         sg__cfg_error(cx, n, path, "has no value (expected a map with url)");
         return;
     }
-    if (!sg__cfg_get_map_fields(cx, n, path, names, NKEYS, fields, 1, vals))
+    if (!sg__cfg_get_map_fields(cx, n, path, names, NKEYS, fields, 2, vals))
         return;
-    sg__cfg_fields(cx, fields, 1, vals + NKEYS, path, r, NULL);
+    sg__cfg_fields(cx, fields, 2, vals + NKEYS, path, r, NULL);
     r->enabled = true;
     const char *url = "127.0.0.1:6379";
     sg__cfg_path_key(kp, path, "url");

@@ -34,11 +34,6 @@
 
 /* ---- GCRA ------------------------------------------------------------- */
 
-static uint64_t sat_add(uint64_t a, uint64_t b) {
-    uint64_t r;
-    return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
-}
-
 static uint64_t sat_mul(uint64_t a, uint64_t b) {
     uint64_t r;
     return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
@@ -59,7 +54,8 @@ uint64_t sg_rl_interval_ns(const struct sg_rl_limit *l) {
 /* The bucket is burst * T of time: a request charges T to the TAT and is
  * admitted when the TAT then lies at most burst * T ahead of now. Every
  * difference below is of a larger minus a smaller time (tat0 >= now, next >
- * now), so nothing wraps; sums and products saturate. */
+ * now), so nothing wraps; products saturate, and a TAT that would pass
+ * 2^64 ns rejects. */
 void sg_rl_gcra(uint64_t *tat, const struct sg_rl_limit *l, uint64_t now_us,
                 struct sg_rl_result *out) {
     uint64_t now = sat_mul(now_us, NS_PER_US);
@@ -75,7 +71,14 @@ void sg_rl_gcra(uint64_t *tat, const struct sg_rl_limit *l, uint64_t now_us,
     }
     uint64_t cap = sat_mul(t, burst);
     uint64_t tat0 = *tat > now ? *tat : now;
-    uint64_t next = sat_add(tat0, t);
+    if (tat0 > UINT64_MAX - t) { /* the TAT would run off the clock (absurd inputs only) */
+        *out = (struct sg_rl_result){.allowed = false,
+                                     .remaining = 0,
+                                     .reset_ms = ceil_ms(tat0 - now),
+                                     .retry_after_ms = UINT64_MAX / NS_PER_MS};
+        return;
+    }
+    uint64_t next = tat0 + t;
     uint64_t wait = next - now; /* >= t: how far ahead the TAT would be */
     if (wait <= cap) {
         *tat = next;
@@ -257,51 +260,60 @@ static int free_in(const struct slot *slots, uint32_t b, uint64_t now) {
     return -1;
 }
 
-/* A step of the search for room: the slot (bucket, index) whose key would
- * move to its other bucket, and the step that would then move into it. */
-struct move {
+static struct slot *bucket_at(const struct shard *s, uint32_t b) {
+    return &s->slots[(size_t)b * SG_RL_BUCKET_SLOTS];
+}
+
+/* A bucket reached by the search for room: moving the key in `slot` of
+ * bucket `parent` (a step earlier) to its other bucket would land here. */
+struct reach {
     uint32_t bucket;
-    int16_t index;
-    int16_t parent; /* -1: a slot of the new key's own buckets */
+    int16_t parent; /* -1: one of the new key's own buckets */
+    int16_t slot;
 };
 
-static bool on_path(const struct move *q, int i, uint32_t bucket) {
-    for (; i >= 0; i = q[i].parent)
-        if (q[i].bucket == bucket)
+static bool reached(const struct reach *q, int n, uint32_t b) {
+    for (int i = 0; i < n; i++)
+        if (q[i].bucket == b)
             return true;
     return false;
 }
 
-/* Breadth-first search, from the new key's 8 slots, for a chain of keys
- * each moving to its other bucket that ends at a free or expired slot
- * (at most SG_RL_MOVE_NODES slots examined, buckets distinct along a chain
- * so no slot is used twice). Performs the moves and returns the slot left
- * for the new key, or NULL if there is no such chain. */
+/* Breadth-first search, from the new key's two buckets, for a chain of keys
+ * each moving to its other bucket that ends at a free or expired slot. It
+ * looks into at most SG_RL_MOVE_LOOKS buckets (a cache miss each) and never
+ * reaches a bucket twice, so no slot is used twice along a chain. Performs
+ * the moves and returns the slot left for the new key (in one of its
+ * buckets), or NULL if there is no such chain within the budget. */
 static struct slot *make_room_locked(struct shard *s, uint32_t nb, const uint32_t b[2],
                                      uint64_t now) {
-    struct move q[SG_RL_MOVE_NODES];
-    int n = 0;
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < SG_RL_BUCKET_SLOTS; j++)
-            q[n++] = (struct move){b[i], (int16_t)j, -1};
+    struct reach q[SG_RL_MOVE_LOOKS + 2];
+    int n = 0, looks = 0;
+    q[n++] = (struct reach){b[0], -1, -1};
+    q[n++] = (struct reach){b[1], -1, -1};
     for (int head = 0; head < n; head++) {
-        struct slot *from = &s->slots[(size_t)q[head].bucket * SG_RL_BUCKET_SLOTS + q[head].index];
-        uint32_t alt = other_bucket(from->key, nb, q[head].bucket);
-        int f = free_in(s->slots, alt, now);
-        if (f >= 0) {
-            struct slot *dst = &s->slots[(size_t)alt * SG_RL_BUCKET_SLOTS + f];
-            if (dst->key == 0)
-                atomic_fetch_add_explicit(&s->keys, 1, memory_order_relaxed);
-            for (int i = head; i >= 0; i = q[i].parent) {
-                struct slot *src = &s->slots[(size_t)q[i].bucket * SG_RL_BUCKET_SLOTS + q[i].index];
-                *dst = *src;
-                dst = src;
+        struct slot *bk = bucket_at(s, q[head].bucket);
+        for (int j = 0; j < SG_RL_BUCKET_SLOTS; j++) {
+            if (looks++ == SG_RL_MOVE_LOOKS)
+                return NULL;
+            uint32_t alt = other_bucket(bk[j].key, nb, q[head].bucket);
+            int f = free_in(s->slots, alt, now);
+            if (f >= 0) {
+                struct slot *dst = &bucket_at(s, alt)[f];
+                if (dst->key == 0)
+                    atomic_fetch_add_explicit(&s->keys, 1, memory_order_relaxed);
+                *dst = bk[j];
+                dst = &bk[j];
+                for (int i = head; q[i].parent >= 0; i = q[i].parent) {
+                    struct slot *src = &bucket_at(s, q[q[i].parent].bucket)[q[i].slot];
+                    *dst = *src;
+                    dst = src;
+                }
+                return dst;
             }
-            return dst;
+            if (!reached(q, n, alt))
+                q[n++] = (struct reach){alt, (int16_t)head, (int16_t)j};
         }
-        if (n + SG_RL_BUCKET_SLOTS <= SG_RL_MOVE_NODES && !on_path(q, head, alt))
-            for (int j = 0; j < SG_RL_BUCKET_SLOTS; j++)
-                q[n++] = (struct move){alt, (int16_t)j, (int16_t)head};
     }
     return NULL;
 }

@@ -26,7 +26,7 @@
  * reads at most 8 slots, two cache lines). A new key takes a free slot or
  * the slot of an expired key (TAT <= now) in its buckets, else moves other
  * keys to their alternate bucket along a short bounded path (at most
- * SG_RL_MOVE_NODES candidates examined), else, when every candidate slot
+ * SG_RL_MOVE_LOOKS buckets looked into), else, when every candidate slot
  * holds an active key, evicts the key with the smallest TAT among its 8
  * candidate slots (counted by sg_rl_table_evictions).
  *
@@ -67,7 +67,7 @@
 #define SG_RL_SHARDS        256            /* shards per table, each with its lock */
 #define SG_RL_BUCKET_SLOTS  4              /* slots per bucket (64 bytes, a cache line) */
 #define SG_RL_SLOT_BYTES    16             /* key hash + TAT */
-#define SG_RL_MOVE_NODES    256            /* slots examined when moving keys to make room */
+#define SG_RL_MOVE_LOOKS    64             /* buckets looked into to make room for a key */
 #define SG_RL_MAX_KEYS      (1ull << 32)   /* max_keys above this is cut to it */
 #define SG_RL_PERIOD_MAX_MS (1ull << 40)   /* longer periods (34 years) are cut to it */
 

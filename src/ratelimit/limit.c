@@ -15,6 +15,7 @@
 #include "pool/balance.h"
 #include "proxy/proxy.h"
 #include "ratelimit/gcra.h"
+#include "ratelimit/limit_int.h"
 
 /* Created by the main thread (start-up, or the first reload with a rule)
  * while workers may already read it: published with release, read with
@@ -107,62 +108,78 @@ static uint64_t ceil_s(uint64_t ms) {
     return (ms + 999) / 1000;
 }
 
-void sg_ratelimit_check(const struct sg_route *route, const struct sg_conn *c,
-                        const struct sg_http_msg *msg, uint64_t now_us, struct sg_rl_verdict *v) {
-    v->limited = false;
-    v->retry_after_ms = 0;
-    v->hdr_len = 0;
-    v->hdr[0] = '\0';
-    struct sg_rl_table *tab = atomic_load_explicit(&table, memory_order_acquire);
-    if (route->nrate_limits == 0 || tab == NULL)
-        return;
-    /* the rules that applied, for the fields; the tightest one's state */
-    const struct sg_rl_rule *applied[16];
-    const struct sg_rl_rate *rates[16];
-    size_t napplied = 0;
-    const struct sg_rl_rule *tight = NULL;
-    struct sg_rl_result tight_res = {0};
-    for (size_t i = 0; i < route->nrate_limits; i++) {
+size_t sg__rl_items(const struct sg_route *route, const struct sg_conn *c,
+                    const struct sg_http_msg *msg, struct sg__rl_item *items, size_t max) {
+    size_t n = 0;
+    for (size_t i = 0; i < route->nrate_limits && n < max; i++) {
         const struct sg_rl_rule *r = &route->rate_limits[i];
         const char *val = "";
         size_t vl = 0;
         if (r->key != SG_RL_KEY_GLOBAL &&
             !sg_request_value(sources[r->key], r->key_name, r->key_name_len, c, msg, &val, &vl))
             continue; /* no key: the rule does not apply */
-        const struct sg_rl_rate *rate = rate_of(r, msg, val, vl);
-        struct sg_rl_limit lim = {
-            .count = rate->count, .period_ms = rate->period_ms, .burst = rate->burst};
-        struct sg_rl_result res;
-        sg_rl_check(tab, mix(r->id ^ sg_hash64(val, vl)), &lim, now_us, &res);
-        if (napplied < sizeof(applied) / sizeof(applied[0])) {
-            applied[napplied] = r;
-            rates[napplied++] = rate;
-        }
-        if (!res.allowed) {
+        items[n].rule = r;
+        items[n].rate = rate_of(r, msg, val, vl);
+        items[n].hash = mix(r->id ^ sg_hash64(val, vl));
+        n++;
+    }
+    return n;
+}
+
+void sg__rl_verdict(const struct sg_route *route, const struct sg__rl_item *items,
+                    const struct sg_rl_result *res, size_t n, struct sg_rl_verdict *v) {
+    v->limited = false;
+    v->retry_after_ms = 0;
+    v->hdr_len = 0;
+    v->hdr[0] = '\0';
+    size_t tight = SIZE_MAX;
+    for (size_t i = 0; i < n; i++) {
+        if (!res[i].allowed) {
             v->limited = true;
-            v->retry_after_ms = res.retry_after_ms;
-            tight = r;
-            tight_res = res;
+            v->retry_after_ms = res[i].retry_after_ms;
+            tight = i;
             break;
         }
-        if (tight == NULL || res.remaining < tight_res.remaining) {
-            tight = r;
-            tight_res = res;
-        }
+        if (tight == SIZE_MAX || res[i].remaining < res[tight].remaining)
+            tight = i;
     }
-    if (tight == NULL || (!v->limited && !route->rate_limit_headers))
+    if (tight == SIZE_MAX || (!v->limited && !route->rate_limit_headers))
         return;
     bool ok = put(v, "RateLimit-Policy: ");
-    for (size_t i = 0; ok && i < napplied; i++)
-        ok = put(v, "%s\"%s\";q=%u;w=%llu", i ? ", " : "", applied[i]->name, rates[i]->count,
-                 (unsigned long long)(rates[i]->period_ms / 1000));
-    ok =
-        ok &&
-        put(v, "\r\nRateLimit: \"%s\";r=%u;t=%llu\r\n", tight->name,
-            v->limited ? 0 : tight_res.remaining,
-            (unsigned long long)ceil_s(v->limited ? tight_res.retry_after_ms : tight_res.reset_ms));
+    for (size_t i = 0; ok && i < n; i++)
+        ok = put(v, "%s\"%s\";q=%u;w=%llu", i ? ", " : "", items[i].rule->name,
+                 items[i].rate->count, (unsigned long long)(items[i].rate->period_ms / 1000));
+    ok = ok && put(v, "\r\nRateLimit: \"%s\";r=%u;t=%llu\r\n", items[tight].rule->name,
+                   v->limited ? 0 : res[tight].remaining,
+                   (unsigned long long)ceil_s(v->limited ? res[tight].retry_after_ms
+                                                         : res[tight].reset_ms));
     if (!ok) { /* names too long for the room: leave the fields out */
         v->hdr_len = 0;
         v->hdr[0] = '\0';
     }
+}
+
+void sg__rl_local(const struct sg__rl_item *items, size_t n, uint32_t share, uint64_t salt,
+                  uint64_t now_us, struct sg_rl_result *res, size_t *nres) {
+    struct sg_rl_table *tab = atomic_load_explicit(&table, memory_order_acquire);
+    *nres = 0;
+    for (size_t i = 0; tab && i < n; i++) {
+        const struct sg_rl_rate *r = items[i].rate;
+        struct sg_rl_limit lim = {.count = r->count / share ? r->count / share : 1,
+                                  .period_ms = r->period_ms,
+                                  .burst = r->burst / share ? r->burst / share : 1};
+        sg_rl_check(tab, items[i].hash ^ salt, &lim, now_us, &res[i]);
+        *nres = i + 1;
+        if (!res[i].allowed)
+            break;
+    }
+}
+
+void sg_ratelimit_check(const struct sg_route *route, const struct sg_conn *c,
+                        const struct sg_http_msg *msg, uint64_t now_us, struct sg_rl_verdict *v) {
+    struct sg__rl_item items[SG_RL_MAX_RULES];
+    struct sg_rl_result res[SG_RL_MAX_RULES];
+    size_t n = sg__rl_items(route, c, msg, items, SG_RL_MAX_RULES), nres = 0;
+    sg__rl_local(items, n, 1, 0, now_us, res, &nres);
+    sg__rl_verdict(route, items, res, nres, v);
 }

@@ -20,6 +20,7 @@
 #include "core/log.h"
 #include "proxy/proxy.h"
 #include "ratelimit/limit.h"
+#include "ratelimit/shared.h"
 #include "server/server.h"
 
 /* How long a closing connection may take to drain its last answer. */
@@ -141,6 +142,10 @@ static void really_close(struct sg_conn *c) {
     c->closed = 1;
     if (c->ex)
         sg_proxy_abort(c);
+    if (c->rl_pending) {
+        sg_rl_shared_drop(c->rl_pending);
+        c->rl_pending = NULL;
+    }
     c->reading = 0;
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
@@ -157,6 +162,7 @@ static void on_close(uv_handle_t *h) {
     w->nconns_total--;
     atomic_fetch_sub_explicit(&sg_client_conns, 1, memory_order_relaxed);
     sg_buf_put(c->rbuf);
+    free(c->rl_verdict);
     free(c);
     sg_worker_maybe_finish(w);
 }
@@ -329,6 +335,16 @@ static bool answer_and_keep(struct sg_conn *c, const struct sg_http_msg *msg, si
 
 static bool process_one(struct sg_conn *c);
 
+/* The shared rate-limit answer for the head at the front of rbuf. */
+static void on_rl_verdict(struct sg_conn *c, const struct sg_rl_verdict *v) {
+    c->rl_pending = NULL;
+    c->rl_verdict = sg_xmalloc(sizeof(*v));
+    memcpy(c->rl_verdict, v, sizeof(*v));
+    if (!c->peer_eof)
+        sg_conn_read_start(c);
+    process_heads(c);
+}
+
 /* Parses the heads at the front of rbuf: starts the exchange of the first
  * one, or answers it here (rate limited, shed) and goes on with the next. */
 static void process_heads(struct sg_conn *c) {
@@ -416,7 +432,20 @@ static bool process_one(struct sg_conn *c) {
     struct sg_rl_verdict verdict, *v = NULL;
     if (route->nrate_limits) {
         v = &verdict;
-        sg_ratelimit_check(route, c, &msg, uv_hrtime() / 1000, v);
+        if (c->rl_verdict) { /* the answer from Redis for this very head */
+            verdict = *c->rl_verdict;
+            free(c->rl_verdict);
+            c->rl_verdict = NULL;
+        } else if (w->redis) {
+            c->rl_pending = sg_rl_shared_check(w, w->redis, cfg->redis.rate_limit_budget_ms, route,
+                                               c, &msg, on_rl_verdict, v);
+            if (c->rl_pending) { /* the head waits in rbuf; parsed again on the answer */
+                sg_conn_read_stop(c);
+                return false;
+            }
+        } else {
+            sg_ratelimit_check(route, c, &msg, uv_hrtime() / 1000, v);
+        }
         if (v->limited) {
             char ra[48];
             uint64_t secs = (v->retry_after_ms + 999) / 1000;

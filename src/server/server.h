@@ -54,7 +54,13 @@ struct sg_conn {
     uint16_t writes;        /* queued writes not yet completed */
     uint8_t ip_family;      /* AF_INET / AF_INET6 / 0 */
     uint8_t ip[16];
+    struct sg_rl_pending *rl_pending; /* a shared rate-limit check in Redis, or NULL */
+    struct sg_rl_verdict *rl_verdict; /* its answer, for the head parsed again (owned) */
 };
+
+struct sg_rl_pending;
+struct sg_rl_verdict;
+struct sg_redis;
 
 struct sg_listener {
     uv_tcp_t tcp;
@@ -99,7 +105,8 @@ struct sg_worker {
     int *cmd_fds;              /* reload: fd per cmd_cfg->listen entry, -1 = keep ours */
     bool cmd_stop;
     bool cmd_force;
-    bool exited; /* the worker's loop is gone: send no more commands */
+    bool exited;            /* the worker's loop is gone: send no more commands */
+    struct sg_redis *redis; /* this worker's link for shared rate limits, or NULL */
 };
 
 /* Process-wide count of client connections (for limits.max_connections). */

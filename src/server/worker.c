@@ -21,6 +21,7 @@
 
 #include "core/log.h"
 #include "proxy/proxy.h"
+#include "redis/redis.h"
 #include "server/server.h"
 
 #define SWEEP_MS 100
@@ -153,6 +154,10 @@ void sg_worker_maybe_finish(struct sg_worker *w) {
     uv_mutex_unlock(&w->cmd_lock);
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_close((uv_handle_t *)&w->sweep, NULL);
+    if (w->redis) {
+        sg_redis_free(w->redis); /* no connection is left to wait for an answer */
+        w->redis = NULL;
+    }
     uv_close((uv_handle_t *)&w->waiting_check, NULL);
 }
 
@@ -330,6 +335,8 @@ int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done
         w->sweep.data = w;
         uv_timer_start(&w->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
         w->cfg = sg_config_ref(cfg);
+        if (cfg->redis.enabled)
+            w->redis = sg_redis_new(&w->loop, cfg->redis.host, cfg->redis.port, cfg->redis.prefix);
         int *mine = sg_xmalloc(sizeof(int) * cfg->nlisten);
         memcpy(mine, fds + k * cfg->nlisten, sizeof(int) * cfg->nlisten);
         /* No listeners yet: apply_config opens them all. */

@@ -186,3 +186,75 @@ def test_max_in_flight_sheds_with_503(gateway, backend):
     assert all(ra == "1" for s, ra in results if s == 503)
     # the slots come back: later requests pass
     assert wait_until(lambda: Client(g.port).request()[0] == 200, 5)
+
+
+# --------------------------------------------------------------------------
+# Shared mode: the buckets in a real redis-server
+
+
+from test_70_scale import RedisServer  # noqa: E402
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    r = RedisServer(tmp_path)
+    yield r
+    r.kill()
+
+
+def start_shared(gateway, backend, redis_server, rule):
+    b = backend()
+    gs = []
+    for _ in range(2):
+        from conftest import free_port, render_config
+        port = free_port()
+        text = render_config(port, {"app": [b]}, route(b, rate_limit=rule), None, 2)
+        text = text.replace("pools:", "redis: { url: redis://127.0.0.1:%d, prefix: \"rltest:\" }\n"
+                            "pools:" % int(redis_server), 1)
+        gs.append(gateway(config=text, port=port))
+    # both gateways registered and their links up
+    time.sleep(1.5)
+    return gs
+
+
+def test_shared_limit_across_two_gateways(gateway, backend, redis_server):
+    """Two gateways share 100/min for one device: 100 admitted in all."""
+    ga, gb = start_shared(gateway, backend, redis_server,
+                          {"name": "device", "rate": "100/min", "burst": 100,
+                           "key": "header:X-Device-ID"})
+    ca, cb = Client(ga.port), Client(gb.port)
+    h = {"X-Device-ID": "truck-7"}
+    statuses = []
+    for i in range(150):
+        statuses.append((ca if i % 2 == 0 else cb).request(headers=h)[0])
+    ok = statuses.count(200)
+    assert 98 <= ok <= 102, (ok, statuses.count(429))
+    assert statuses.count(200) + statuses.count(429) == 150
+    # another device is untouched
+    assert ca.request(headers={"X-Device-ID": "truck-8"})[0] == 200
+    ca.close()
+    cb.close()
+
+
+def test_redis_down_local_share_then_back(gateway, backend, redis_server):
+    ga, gb = start_shared(gateway, backend, redis_server,
+                          {"name": "device", "rate": "100/min", "burst": 100,
+                           "key": "header:X-Device-ID"})
+    ca, cb = Client(ga.port), Client(gb.port)
+    redis_server.kill()
+    time.sleep(0.5)
+    # each gateway alone: its share, 100 / 2 gateways = 50; never a 5xx
+    h = {"X-Device-ID": "van-1"}
+    sa = [ca.request(headers=h)[0] for _ in range(80)]
+    sb = [cb.request(headers=h)[0] for _ in range(80)]
+    assert set(sa) | set(sb) <= {200, 429}, (sa, sb)
+    assert sa.count(200) == 50 and sb.count(200) == 50, (sa.count(200), sb.count(200))
+    assert "deciding locally" in ga.log()
+    redis_server.start()
+    time.sleep(2.5)  # the links reconnect; a worker asks Redis again a second after a failure
+    h = {"X-Device-ID": "van-2"}
+    statuses = [(ca if i % 2 else cb).request(headers=h)[0] for i in range(150)]
+    assert 98 <= statuses.count(200) <= 102, statuses.count(200)
+    assert "redis answers again" in ga.log() + gb.log()
+    ca.close()
+    cb.close()
