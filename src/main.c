@@ -144,6 +144,8 @@ static void warn_restart_only(const struct sg_config *old, const struct sg_confi
           o->redis.lease_ttl_ms != cfg->redis.lease_ttl_ms)))
         sg_log_warn("reload: redis changes (url, prefix, lease_ttl) take effect only after a "
                     "restart");
+    if (o->limits.rate_limit_keys != cfg->limits.rate_limit_keys)
+        sg_log_warn("reload: limits.rate_limit_keys takes effect only after a restart");
 }
 
 /* The rate-limit table, made when a config first has a rule. Returns 0 or -1. */

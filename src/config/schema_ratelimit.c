@@ -14,7 +14,8 @@
 
 #include "pool/balance.h"
 
-#define MAX_RATE 100000000u /* requests per period */
+#define MAX_RATE  100000000u /* requests per period */
+#define MAX_RULES 16u        /* per route (ratelimit/limit_int.h: SG_RL_MAX_RULES) */
 
 /* RFC 9110 tchar: what a header, cookie or query parameter name may hold. */
 static bool tchar(char c) {
@@ -27,6 +28,17 @@ static bool token(const char *s) {
         return false;
     for (; *s; s++)
         if (!tchar(*s))
+            return false;
+    return true;
+}
+
+/* A rule name: letters, digits, - and _ (it goes between quotes in a field). */
+static bool name_ok(const char *s) {
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '-' || *s == '_'))
             return false;
     return true;
 }
@@ -213,7 +225,7 @@ static void build_rule(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char 
     if (vals[NAME]) {
         sg__cfg_path_key(kp, path, "name");
         const char *s = sg__cfg_scalar(cx, vals[NAME], kp, "a name");
-        if (s && (!token(s) || strlen(s) > 64))
+        if (s && (!name_ok(s) || strlen(s) > 64))
             sg__cfg_error(cx, vals[NAME], kp,
                           "%s is not a name (letters, digits, - and _, at most 64)",
                           sg__cfg_quote(q, sizeof(q), s));
@@ -278,6 +290,7 @@ static void build_rule(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char 
 void sg__cfg_build_rate_limit(struct sg__cfg_ctx *cx, struct sg_route *route, size_t route_idx,
                               const yaml_node_t *n, const char *path) {
     struct rule_ctx rc = {.route = route, .route_idx = route_idx};
+    char q[SG__CFG_QUOTESZ];
     if (sg__cfg_is_null(n)) {
         sg__cfg_error(cx, n, path, "has no value (expected a map with rate, or a list of them)");
         return;
@@ -300,6 +313,10 @@ void sg__cfg_build_rate_limit(struct sg__cfg_ctx *cx, struct sg_route *route, si
         sg__cfg_error(cx, n, path, "the list is empty");
         return;
     }
+    if (count > MAX_RULES) {
+        sg__cfg_error(cx, n, path, "%zu rules; a route has at most %u", count, MAX_RULES);
+        return;
+    }
     route->rate_limits = sg__cfg_alloc(cx, count, sizeof(*route->rate_limits));
     if (route->rate_limits == NULL)
         return;
@@ -312,5 +329,15 @@ void sg__cfg_build_rate_limit(struct sg__cfg_ctx *cx, struct sg_route *route, si
         sg__cfg_path_idx(ip, path, i);
         if (item)
             build_rule(cx, item, ip, i, &rc);
+        for (size_t j = 0; item && j < i; j++) {
+            if (route->rate_limits[j].id == route->rate_limits[i].id &&
+                route->rate_limits[i].name) {
+                sg__cfg_error(cx, item, ip,
+                              "a second rule named %s with the same key: both would count every "
+                              "request in one bucket (give it another name or key)",
+                              sg__cfg_quote(q, sizeof(q), route->rate_limits[i].name));
+                break;
+            }
+        }
     }
 }

@@ -177,6 +177,9 @@ struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, b
         }
         if (h->hop || (decode && h->id == SG_HDR_TRANSFER_ENCODING))
             continue;
+        if (extra &&
+            (sg_http_name_eq(h, "ratelimit", 9) || sg_http_name_eq(h, "ratelimit-policy", 16)))
+            continue; /* the gateway's own fields replace the backend's */
         put_header(&o, h);
     }
     if (extra)

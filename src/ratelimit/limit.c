@@ -98,7 +98,8 @@ static bool put(struct sg_rl_verdict *v, const char *fmt, ...) {
     va_start(ap, fmt);
     int n = vsnprintf(v->hdr + v->hdr_len, sizeof(v->hdr) - v->hdr_len, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(v->hdr) - v->hdr_len)
+    /* 48 bytes stay free for the Retry-After of a 429 */
+    if (n < 0 || (size_t)n + 48 >= sizeof(v->hdr) - v->hdr_len)
         return false;
     v->hdr_len += (size_t)n;
     return true;

@@ -12,7 +12,10 @@
  * The answer carries the IETF RateLimit fields (draft-ietf-httpapi-
  * ratelimit-headers): RateLimit-Policy lists every rule that applied as
  * "name";q=<requests>;w=<seconds>, and RateLimit gives the most restrictive
- * one's state as "name";r=<remaining>;t=<seconds until the bucket is full>.
+ * one's state as "name";r=<remaining>;t=<seconds>, t being the time until
+ * the bucket is full again on an admitted response, and until one more
+ * request is allowed (as Retry-After) on a 429. Fields of the same names
+ * from the backend are replaced, not repeated.
  */
 #ifndef SG_RATELIMIT_LIMIT_H
 #define SG_RATELIMIT_LIMIT_H

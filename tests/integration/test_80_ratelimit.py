@@ -148,10 +148,13 @@ def test_bad_rate_limit_config(tmp_path, run_scalegate):
         ("{ rate: 10/s, burst: 0 }", "routes[0].rate_limit.burst"),
         ("{ rate: 10/s, classes: { a: 1/s } }", "needs class_header"),
         ("{ key: ip }", "routes[0].rate_limit.rate: required key is missing"),
+        ("{ name: \"a.b\", rate: 1/s }", 'routes[0].rate_limit.name: "a.b" is not a name'),
+        ("[ { name: d, rate: 1/s }, { name: d, rate: 2/s } ]",
+         "routes[0].rate_limit[1]: a second rule named \"d\" with the same key"),
     ]
     for rl, want in cases:
         p = tmp_path / "rl.yaml"
-        body = rl if rl.startswith("{") else "{ %s }" % rl
+        body = rl if rl[0] in "{[" else "{ %s }" % rl
         p.write_text("listen: 127.0.0.1:1\npools:\n  app:\n    servers: [127.0.0.1:2]\n"
                      "routes:\n  - match: { path_prefix: / }\n    pool: app\n"
                      "    rate_limit: %s\n" % body)
