@@ -261,3 +261,25 @@ def test_redis_down_local_share_then_back(gateway, backend, redis_server):
     assert "redis answers again" in ga.log() + gb.log()
     ca.close()
     cb.close()
+
+
+def test_slow_redis_decides_within_budget(gateway, backend, redis_server):
+    """Redis stuck (DEBUG SLEEP): requests are decided locally once the
+    budget (50 ms by default) has passed, not after Redis wakes up."""
+    from test_70_scale import redis_cmd
+    ga, _ = start_shared(gateway, backend, redis_server,
+                         {"name": "device", "rate": "100/min", "burst": 100,
+                          "key": "header:X-Device-ID"})
+    ca = Client(ga.port)
+    assert ca.request(headers={"X-Device-ID": "d1"})[0] == 200
+    sleeper = threading.Thread(target=redis_cmd, args=(int(redis_server), "DEBUG", "SLEEP", "2"))
+    sleeper.start()
+    time.sleep(0.2)
+    t = time.monotonic()
+    status, h = ca.request(headers={"X-Device-ID": "d1"})
+    took = time.monotonic() - t
+    sleeper.join(10)
+    assert status == 200, status
+    assert took < 1.0, took  # the budget, not Redis' 2 s
+    assert "later than the budget" in ga.log()
+    ca.close()
