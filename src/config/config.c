@@ -204,6 +204,7 @@ void sg__config_free(struct sg_config *c) {
         free(r->host);
         free(r->path_prefix);
         free((void *)r->in_flight);
+        free((void *)r->queued);
         for (size_t j = 0; j < r->nrate_limits; j++) {
             struct sg_rl_rule *rl = &r->rate_limits[j];
             free(rl->name);

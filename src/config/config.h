@@ -200,6 +200,9 @@ struct sg_route {
                                     all workers; beyond, 503 with Retry-After */
     _Atomic uint32_t *in_flight; /* requests in flight now; shared by the snapshots derived
                                     from one loaded config (mutable) */
+    uint32_t queue_size;         /* default 0: requests over max_in_flight that may wait */
+    uint64_t queue_timeout_ms;   /* default 5s: waited longer -> 503 */
+    _Atomic uint32_t *queued;    /* waiting now (shared like in_flight; mutable) */
 };
 
 struct sg_limits {

@@ -327,9 +327,9 @@ static struct sg_pool *route_pool(struct sg__cfg_ctx *cx, const yaml_node_t *n, 
 
 static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path, size_t i,
                         void *arg) {
-    static const char *const names[] = {"match",        "pool",       "read_pool",
-                                        "retryable",    "rate_limit", "rate_limit_headers",
-                                        "max_in_flight"};
+    static const char *const names[] = {"match",         "pool",       "read_pool",
+                                        "retryable",     "rate_limit", "rate_limit_headers",
+                                        "max_in_flight", "queue_size", "queue_timeout"};
     enum {
         MATCH,
         POOL,
@@ -338,6 +338,8 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
         RATE_LIMIT,
         RATE_LIMIT_HEADERS,
         MAX_IN_FLIGHT,
+        QUEUE_SIZE,
+        QUEUE_TIMEOUT,
         NROUTE
     };
     struct sg_config *c = arg;
@@ -346,7 +348,9 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
     char kp[SG__CFG_PATHSZ];
 
     r->rate_limit_headers = true;
-    if ((r->in_flight = sg__cfg_alloc(cx, 1, sizeof(*r->in_flight))) == NULL)
+    r->queue_timeout_ms = 5000;
+    if ((r->in_flight = sg__cfg_alloc(cx, 1, sizeof(*r->in_flight))) == NULL ||
+        (r->queued = sg__cfg_alloc(cx, 1, sizeof(*r->queued))) == NULL)
         return;
 
     if (sg__cfg_is_null(n) || n->type != YAML_MAPPING_NODE) {
@@ -381,6 +385,19 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
             10000000};
         sg__cfg_path_key(kp, path, "max_in_flight");
         sg__cfg_set_field(cx, &f, vals[MAX_IN_FLIGHT], kp, r);
+    }
+    static const struct sg__cfg_field qf[] = {
+        {"queue_size", SG__CFG_COUNT, 4, offsetof(struct sg_route, queue_size), 0, 1000000},
+        {"queue_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_route, queue_timeout_ms), 1,
+         SG__CFG_YEAR_MS},
+    };
+    for (int k = 0; k < 2; k++) {
+        yaml_node_t *qn = vals[QUEUE_SIZE + k];
+        if (qn == NULL)
+            continue;
+        sg__cfg_path_key(kp, path, qf[k].name);
+        if (sg__cfg_set_field(cx, &qf[k], qn, kp, r) && vals[MAX_IN_FLIGHT] == NULL)
+            sg__cfg_error(cx, qn, kp, "needs max_in_flight (the queue is for requests over it)");
     }
     sg__cfg_path_key(kp, path, "pool");
     if (vals[POOL] == NULL)
@@ -467,6 +484,8 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
             c->routes[0].pool = &c->pools[0];
             c->routes[0].rate_limit_headers = true;
             c->routes[0].in_flight = sg__cfg_alloc(cx, 1, sizeof(*c->routes[0].in_flight));
+            c->routes[0].queued = sg__cfg_alloc(cx, 1, sizeof(*c->routes[0].queued));
+            c->routes[0].queue_timeout_ms = 5000;
             c->nroutes = 1;
         }
     } else if (c->npools > 1) {

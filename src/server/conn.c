@@ -32,6 +32,7 @@ static void on_close(uv_handle_t *h);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void process_heads(struct sg_conn *c);
+static bool leave_wait(struct sg_conn *c);
 
 static uint64_t state_timeout(const struct sg_conn *c, enum sg_conn_state s) {
     const struct sg_limits *l = &c->w->cfg->limits;
@@ -163,6 +164,7 @@ static void on_close(uv_handle_t *h) {
     atomic_fetch_sub_explicit(&sg_client_conns, 1, memory_order_relaxed);
     sg_buf_put(c->rbuf);
     free(c->rl_verdict);
+    leave_wait(c);
     free(c);
     sg_worker_maybe_finish(w);
 }
@@ -335,6 +337,63 @@ static bool answer_and_keep(struct sg_conn *c, const struct sg_http_msg *msg, si
 
 static bool process_one(struct sg_conn *c);
 
+/* Takes c out of its route's wait queue (it is being processed again).
+ * True when it was in one. */
+static bool leave_wait(struct sg_conn *c) {
+    if (c->wait_slot == NULL)
+        return false;
+    atomic_fetch_sub_explicit(c->wait_slot, 1, memory_order_relaxed);
+    c->wait_slot = NULL;
+    return true;
+}
+
+/* Puts c, whose head stays in rbuf, in route's wait queue when there is
+ * room; it keeps its first deadline when it was already waiting. v (the
+ * rate-limit verdict, may be NULL) is kept so that the head, parsed again,
+ * is not counted twice. False when the queue is full. */
+static bool enter_wait(struct sg_conn *c, const struct sg_route *route, bool again,
+                       const struct sg_rl_verdict *v) {
+    struct sg_worker *w = c->w;
+    if (atomic_fetch_add(route->queued, 1) >= route->queue_size) {
+        atomic_fetch_sub(route->queued, 1);
+        return false;
+    }
+    c->wait_slot = route->queued;
+    if (!again)
+        c->wait_deadline = uv_now(&w->loop) + route->queue_timeout_ms;
+    if (v && c->rl_verdict == NULL) {
+        c->rl_verdict = sg_xmalloc(sizeof(*v));
+        memcpy(c->rl_verdict, v, sizeof(*v));
+    }
+    sg_conn_read_stop(c);
+    sg_conn_set_state(c, SG_CONN_WAIT);
+    c->deadline = c->wait_deadline;
+    if (!uv_is_active((uv_handle_t *)&w->wait_check))
+        uv_check_start(&w->wait_check, sg_conn_wait_run);
+    return true;
+}
+
+void sg_conn_wait_run(uv_check_t *h) {
+    struct sg_worker *w = h->data;
+    struct sg_list *head = &w->conns[SG_CONN_WAIT];
+    /* each one once, in arrival order: those still without a slot go back
+     * to the tail in the same order */
+    uint32_t n = w->nconns[SG_CONN_WAIT];
+    for (uint32_t i = 0; i < n && !sg_list_empty(head); i++) {
+        struct sg_conn *c = sg_container_of(head->next, struct sg_conn, link);
+        if (c->closed) { /* going away (its close callback is due): off the list */
+            sg_list_remove(&c->link);
+            continue;
+        }
+        sg_conn_set_state(c, SG_CONN_HEAD);
+        if (!c->peer_eof)
+            sg_conn_read_start(c);
+        process_heads(c);
+    }
+    if (sg_list_empty(head))
+        uv_check_stop(h);
+}
+
 /* The shared rate-limit answer for the head at the front of rbuf. */
 static void on_rl_verdict(struct sg_conn *c, const struct sg_rl_verdict *v) {
     c->rl_pending = NULL;
@@ -458,10 +517,13 @@ static bool process_one(struct sg_conn *c) {
             return answer_and_keep(c, &msg, (size_t)r, 429, v->hdr, v->hdr_len);
         }
     }
+    bool waited = leave_wait(c);
     if (route->max_in_flight) {
         uint32_t now_in = atomic_fetch_add(route->in_flight, 1);
         if (now_in >= route->max_in_flight) {
             atomic_fetch_sub(route->in_flight, 1);
+            if (route->queue_size && enter_wait(c, route, waited, v))
+                return false;
             sg_log_debug("conn %u.%u: route over max_in_flight (%u): 503", w->index, c->id,
                          route->max_in_flight);
             return answer_and_keep(c, &msg, (size_t)r, 503, "Retry-After: 1\r\n", 17);
@@ -543,6 +605,19 @@ void sg_conn_sweep(struct sg_worker *w, uint64_t now) {
                 really_close(c);
             }
         }
+    }
+    /* WAIT is in arrival order, and so by deadline (queue_timeout per route
+     * aside): answered 503 past it */
+    struct sg_list *wh = &w->conns[SG_CONN_WAIT];
+    for (struct sg_list *it = wh->next, *next; it != wh; it = next) {
+        next = it->next;
+        struct sg_conn *c = sg_container_of(it, struct sg_conn, link);
+        if (c->deadline > now || c->closed)
+            continue;
+        leave_wait(c);
+        sg_log_warn("conn %u.%u: waited queue_timeout for a slot under max_in_flight: 503",
+                    w->index, c->id);
+        sg_conn_error(c, 503);
     }
     static const enum sg_conn_state scanned[] = {SG_CONN_PROXY, SG_CONN_TUNNEL, SG_CONN_CLOSING};
     for (size_t i = 0; i < 3; i++) {

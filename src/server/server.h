@@ -30,6 +30,7 @@ enum sg_conn_state {
     SG_CONN_PROXY,    /* a request in flight to a backend: connect/response/body timeouts */
     SG_CONN_TUNNEL,   /* upgraded (WebSocket): bytes relayed both ways, idle_timeout */
     SG_CONN_CLOSING,  /* last answer being written, then a lingering close */
+    SG_CONN_WAIT,     /* a head parsed, waiting for a slot under max_in_flight: queue_timeout */
     SG_CONN_STATE_COUNT
 };
 
@@ -56,6 +57,8 @@ struct sg_conn {
     uint8_t ip[16];
     struct sg_rl_pending *rl_pending; /* a shared rate-limit check in Redis, or NULL */
     struct sg_rl_verdict *rl_verdict; /* its answer, for the head parsed again (owned) */
+    _Atomic uint32_t *wait_slot;      /* the route's queued count this conn is in, or NULL */
+    uint64_t wait_deadline;           /* WAIT: when it gets 503 */
 };
 
 struct sg_rl_pending;
@@ -97,6 +100,7 @@ struct sg_worker {
     struct sg_exchange *free_exchanges;
     struct sg_list waiting;   /* exchanges queued for a server under max_connections */
     uv_check_t waiting_check; /* active while waiting is not empty (proxy.c) */
+    uv_check_t wait_check;    /* active while conns[SG_CONN_WAIT] is not empty (conn.c) */
     struct sg_http_header headers[SG_MAX_HEADERS]; /* parser scratch */
 
     /* Commands, set by the main thread under cmd_lock, then async sent. */
@@ -130,6 +134,8 @@ int sg_conn_write(struct sg_conn *c, const uv_buf_t *bufs, unsigned n, struct sg
 void sg_conn_read_start(struct sg_conn *c);
 void sg_conn_read_stop(struct sg_conn *c);
 void sg_conn_sweep(struct sg_worker *w, uint64_t now);
+/* Retries the connections waiting for a slot under max_in_flight. */
+void sg_conn_wait_run(uv_check_t *h);
 void sg_conn_close_idle(struct sg_worker *w);
 /* Formats the client address into out (at least 46 bytes); returns its length. */
 size_t sg_conn_ip(const struct sg_conn *c, char *out);

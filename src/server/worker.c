@@ -159,6 +159,7 @@ void sg_worker_maybe_finish(struct sg_worker *w) {
         w->redis = NULL;
     }
     uv_close((uv_handle_t *)&w->waiting_check, NULL);
+    uv_close((uv_handle_t *)&w->wait_check, NULL);
 }
 
 static void start_draining(struct sg_worker *w) {
@@ -330,6 +331,8 @@ int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done
         w->async.data = w;
         sg_list_init(&w->waiting);
         uv_check_init(&w->loop, &w->waiting_check);
+        uv_check_init(&w->loop, &w->wait_check);
+        w->wait_check.data = w;
         w->waiting_check.data = w;
         uv_timer_init(&w->loop, &w->sweep);
         w->sweep.data = w;

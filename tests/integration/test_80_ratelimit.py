@@ -283,3 +283,61 @@ def test_slow_redis_decides_within_budget(gateway, backend, redis_server):
     assert took < 1.0, took  # the budget, not Redis' 2 s
     assert "later than the budget" in ga.log()
     ca.close()
+
+
+def test_max_in_flight_queue_waits_then_times_out(gateway, backend):
+    b = backend(delay_ms=600)
+    g = gateway(pools={"app": [b]},
+                routes=route(b, max_in_flight=2, queue_size=2, queue_timeout="5s"))
+    results = []
+    lock = threading.Lock()
+
+    def one(i):
+        cl = Client(g.port)
+        t = time.monotonic()
+        try:
+            s, h = cl.request("/q%d" % i)
+        finally:
+            cl.close()
+        with lock:
+            results.append((s, time.monotonic() - t))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(20)
+    statuses = sorted(s for s, _ in results)
+    # 2 in flight, 2 wait for their slots and pass, 2 find the queue full
+    assert statuses == [200, 200, 200, 200, 503, 503], results
+    waited = sorted(d for s, d in results if s == 200)
+    assert waited[-1] >= 1.0, results  # the queued ones ran after a first one finished
+    assert len(b.requests()) == 4
+
+    # a queue_timeout shorter than the backend: the waiting request gets 503
+    b2 = backend(delay_ms=2000)
+    g2 = gateway(pools={"app": [b2]},
+                 routes=route(b2, max_in_flight=1, queue_size=1, queue_timeout="500ms"))
+    results.clear()
+    threads = [threading.Thread(target=one_on, args=(g2.port, i, results, lock))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(20)
+    by = sorted(results)
+    assert [s for s, _ in by] == [200, 503], by
+    assert 0.4 <= by[1][1] < 1.9, by  # the 503 came at queue_timeout, before the backend
+
+
+def one_on(port, i, results, lock):
+    cl = Client(port)
+    t = time.monotonic()
+    try:
+        s, _ = cl.request("/t%d" % i)
+    finally:
+        cl.close()
+    with lock:
+        results.append((s, time.monotonic() - t))
