@@ -24,6 +24,7 @@
 #include "pool/pool.h"
 #include "ratelimit/limit.h"
 #include "ratelimit/shared.h"
+#include "ratelimit/shed.h"
 #include "redis/redis.h"
 #include "scale/scaler.h"
 #include "server/server.h"
@@ -40,6 +41,7 @@ static struct sg_scaler *scaler;
 static struct sg_admin *admin;
 static struct sg_redis *redis;
 static uv_timer_t registry_timer; /* with redis: this gateway in the rate-limit registry */
+static uv_timer_t shed_timer;     /* the pools' p95 for shed_p95 */
 
 static void usage(FILE *f) {
     fprintf(f, "usage: scalegate [-t] -c FILE\n"
@@ -77,6 +79,7 @@ static void finish(void *arg) {
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)&shutdown_timer, NULL);
+    uv_close((uv_handle_t *)&shed_timer, NULL);
 }
 
 /* Every worker is done: the instances get SIGTERM and their stop_grace. */
@@ -207,6 +210,12 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
     sg_config_unref(loaded_before);
 }
 
+static void on_shed(uv_timer_t *t) {
+    (void)t;
+    if (!stopping)
+        sg_shed_tick(running);
+}
+
 static void on_registry(uv_timer_t *t) {
     (void)t;
     if (redis && sg_redis_connected(redis))
@@ -313,6 +322,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     sg_health_apply(loop, running);
+    uv_timer_init(loop, &shed_timer);
+    uv_timer_start(&shed_timer, on_shed, SG_SHED_TICK_MS, SG_SHED_TICK_MS);
+    uv_unref((uv_handle_t *)&shed_timer);
     uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&sig_hup, on_reload_signal, SIGHUP);

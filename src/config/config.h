@@ -142,9 +142,10 @@ struct sg_pool {
     _Atomic uint32_t queued; /* requests waiting in the queue, all workers (mutable) */
     _Atomic uint32_t rr;     /* round-robin cursor (mutable) */
     struct sg_scale_cfg scale;
-    bool servers_owned; /* a derived snapshot's own servers array (sg_config_derive) */
-    void *shared;       /* runtime state shared by every snapshot of this pool name
-                           (struct sg_pool_state, pool/state.h); set by sg_pool_prepare */
+    uint64_t shed_p95_ms; /* default 0 = off: pool p95 above this sheds low-priority routes */
+    bool servers_owned;   /* a derived snapshot's own servers array (sg_config_derive) */
+    void *shared;         /* runtime state shared by every snapshot of this pool name
+                             (struct sg_pool_state, pool/state.h); set by sg_pool_prepare */
 };
 
 /* Rate limiting (the route's "rate_limit" rules; ratelimit/limit.h applies them). */
@@ -200,6 +201,7 @@ struct sg_route {
                                     all workers; beyond, 503 with Retry-After */
     _Atomic uint32_t *in_flight; /* requests in flight now; shared by the snapshots derived
                                     from one loaded config (mutable) */
+    uint32_t priority;           /* 1 (shed first) to 10 (never shed); default 5 */
     uint32_t queue_size;         /* default 0: requests over max_in_flight that may wait */
     uint64_t queue_timeout_ms;   /* default 5s: waited longer -> 503 */
     _Atomic uint32_t *queued;    /* waiting now (shared like in_flight; mutable) */

@@ -329,7 +329,8 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
                         void *arg) {
     static const char *const names[] = {"match",         "pool",       "read_pool",
                                         "retryable",     "rate_limit", "rate_limit_headers",
-                                        "max_in_flight", "queue_size", "queue_timeout"};
+                                        "max_in_flight", "queue_size", "queue_timeout",
+                                        "priority"};
     enum {
         MATCH,
         POOL,
@@ -340,6 +341,7 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
         MAX_IN_FLIGHT,
         QUEUE_SIZE,
         QUEUE_TIMEOUT,
+        PRIORITY,
         NROUTE
     };
     struct sg_config *c = arg;
@@ -349,6 +351,7 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
 
     r->rate_limit_headers = true;
     r->queue_timeout_ms = 5000;
+    r->priority = 5;
     if ((r->in_flight = sg__cfg_alloc(cx, 1, sizeof(*r->in_flight))) == NULL ||
         (r->queued = sg__cfg_alloc(cx, 1, sizeof(*r->queued))) == NULL)
         return;
@@ -385,6 +388,12 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
             10000000};
         sg__cfg_path_key(kp, path, "max_in_flight");
         sg__cfg_set_field(cx, &f, vals[MAX_IN_FLIGHT], kp, r);
+    }
+    if (vals[PRIORITY]) {
+        static const struct sg__cfg_field pf = {
+            "priority", SG__CFG_COUNT, 4, offsetof(struct sg_route, priority), 1, 10};
+        sg__cfg_path_key(kp, path, "priority");
+        sg__cfg_set_field(cx, &pf, vals[PRIORITY], kp, r);
     }
     static const struct sg__cfg_field qf[] = {
         {"queue_size", SG__CFG_COUNT, 4, offsetof(struct sg_route, queue_size), 0, 1000000},
@@ -486,6 +495,7 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
             c->routes[0].in_flight = sg__cfg_alloc(cx, 1, sizeof(*c->routes[0].in_flight));
             c->routes[0].queued = sg__cfg_alloc(cx, 1, sizeof(*c->routes[0].queued));
             c->routes[0].queue_timeout_ms = 5000;
+            c->routes[0].priority = 5;
             c->nroutes = 1;
         }
     } else if (c->npools > 1) {

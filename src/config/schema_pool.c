@@ -39,6 +39,7 @@ static const struct sg__cfg_field pool_fields[] = {
     {"slow_start", SG__CFG_DURATION, 8, offsetof(struct sg_pool, slow_start_ms), 0, YEAR_MS},
     {"queue_size", SG__CFG_COUNT, 4, offsetof(struct sg_pool, queue_size), 0, 1000000},
     {"queue_timeout", SG__CFG_DURATION, 8, offsetof(struct sg_pool, queue_timeout_ms), 1, YEAR_MS},
+    {"shed_p95", SG__CFG_DURATION, 8, offsetof(struct sg_pool, shed_p95_ms), 0, 3600 * 1000},
 };
 #define NPOOLF (sizeof(pool_fields) / sizeof(pool_fields[0]))
 

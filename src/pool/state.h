@@ -43,7 +43,11 @@ struct sg_server_state {
  * freed; pool->shared points here (sg_pool_prepare). */
 struct sg_pool_state {
     char name[64];
-    _Atomic uint64_t demand; /* requests that found no usable server and waited */
+    _Atomic uint64_t demand;     /* requests that found no usable server and waited */
+    _Atomic uint32_t shed_below; /* shed_p95: routes with a priority under this get 503 */
+    /* the shedding monitor's own (main thread only): histogram sums, last 2 s */
+    uint64_t shed_ring[4][SG_LATENCY_BUCKETS];
+    uint32_t shed_head, shed_len;
 };
 
 /* The record for id, created on first use (thread-safe). Records are never

@@ -31,23 +31,24 @@
  * candidate slots (counted by sg_rl_table_evictions).
  *
  * Memory, for a table made for max_keys keys: sg_rl_table_bytes() <=
- * sg_rl_table_bytes_max(max_keys) = sizeof(table, about 16 KiB) + 16 bytes *
+ * sg_rl_table_bytes_max(max_keys) = 16,448 bytes of table head + 16 bytes *
  * SG_RL_SHARDS * slots_per_shard, where slots_per_shard is m + 6*sqrt(m) + 8
- * (m = max_keys / SG_RL_SHARDS, rounded up; the 6 sqrt(m) absorbs the
- * uneven spread of keys over shards) divided by a load of 7/8 and rounded
- * up to whole buckets. That is about 20 bytes per key at max_keys = 1e6
- * (20.1 MB), 24 bytes at 1e5, and more for small tables (at least 2
- * buckets a shard: 128 KiB). A shard's slots are allocated on its first
- * use, so a table with few keys holds less.
+ * (m = max_keys / SG_RL_SHARDS, rounded up; 6 sqrt(m) absorbs the uneven
+ * spread of keys over shards) at a load of 4/5, rounded up to whole
+ * buckets. Per key of max_keys that is 22.0 bytes at 1e6 (21.97 MB in
+ * all), 20.6 at 1e7, 26.5 at 1e5, 46 at 1e4 and 148 at 1e3 (small tables
+ * keep at least 5 buckets a shard: 98 KB). A shard's slots are allocated on
+ * its first use, so a table with few keys holds less.
  *
  * Eviction: with at most max_keys active keys (TAT > now) evictions do not
- * happen in practice (it would take a shard holding 6 standard deviations
- * more than its share and the cuckoo table failing below 7/8 load). Beyond
- * max_keys active keys they do; an evicted key starts again from a full
- * bucket when it comes back, which makes the limit more lenient, and only
- * for the least constrained keys (smallest TAT), only under more than
- * max_keys active keys. Size max_keys for the number of keys active within
- * one refill time (burst * T), not for all keys ever seen.
+ * happen in practice: measured, the first one comes at 1.18 times max_keys
+ * for max_keys = 1e6, 1.35 at 1e5 and 1.9 at 1e4. Beyond that they do; an
+ * evicted key starts again from a full bucket when it comes back, which
+ * makes the limit more lenient, only for the least constrained keys
+ * (smallest TAT) and only under more than max_keys active keys. While the
+ * table is that full, a new key costs a few microseconds (the search for
+ * room looks into up to SG_RL_MOVE_LOOKS buckets). Size max_keys for the
+ * keys active within one refill time (burst * T), not all keys ever seen.
  *
  * Key collisions: two keys whose 64-bit hashes are equal share one bucket
  * (both are limited together, never more leniently). For n keys the chance
@@ -64,12 +65,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SG_RL_SHARDS        256            /* shards per table, each with its lock */
-#define SG_RL_BUCKET_SLOTS  4              /* slots per bucket (64 bytes, a cache line) */
-#define SG_RL_SLOT_BYTES    16             /* key hash + TAT */
-#define SG_RL_MOVE_LOOKS    64             /* buckets looked into to make room for a key */
-#define SG_RL_MAX_KEYS      (1ull << 32)   /* max_keys above this is cut to it */
-#define SG_RL_PERIOD_MAX_MS (1ull << 40)   /* longer periods (34 years) are cut to it */
+#define SG_RL_SHARDS        256          /* shards per table, each with its lock */
+#define SG_RL_BUCKET_SLOTS  4            /* slots per bucket (64 bytes, a cache line) */
+#define SG_RL_SLOT_BYTES    16           /* key hash + TAT */
+#define SG_RL_MOVE_LOOKS    64           /* buckets looked into to make room for a key */
+#define SG_RL_MAX_KEYS      (1ull << 32) /* max_keys above this is cut to it */
+#define SG_RL_PERIOD_MAX_MS (1ull << 40) /* longer periods (34 years) are cut to it */
 
 /* A limit: `count` requests per `period_ms`, bucket capacity `burst`: at
  * most `burst` requests at once, refilled at count / period. burst 0 counts
@@ -112,8 +113,8 @@ void sg_rl_gcra(uint64_t *tat, const struct sg_rl_limit *l, uint64_t now_us,
 struct sg_rl_table;
 
 /* A table for at most max_keys active keys (cut to [1, SG_RL_MAX_KEYS];
- * sizing in the comment at the top). Allocates the table head (about
- * 16 KiB); each shard's slots are allocated on the shard's first use and
+ * sizing in the comment at the top). Allocates the table head (16 KiB);
+ * each shard's slots are allocated on the shard's first use and
  * never grow, so sg_rl_table_bytes() never exceeds
  * sg_rl_table_bytes_max(max_keys). Returns NULL when out of memory. The
  * caller owns the table and frees it with sg_rl_table_free once no thread

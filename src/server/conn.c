@@ -18,6 +18,7 @@
 
 #include "core/io.h"
 #include "core/log.h"
+#include "pool/state.h"
 #include "proxy/proxy.h"
 #include "ratelimit/limit.h"
 #include "ratelimit/shared.h"
@@ -487,6 +488,11 @@ static bool process_one(struct sg_conn *c) {
     if (!route) {
         sg_conn_error(c, 404);
         return false;
+    }
+    const struct sg_pool_state *ps = route->pool->shared;
+    if (ps && route->priority < atomic_load_explicit(&ps->shed_below, memory_order_relaxed)) {
+        leave_wait(c);
+        return answer_and_keep(c, &msg, (size_t)r, 503, "Retry-After: 1\r\n", 17);
     }
     struct sg_rl_verdict verdict, *v = NULL;
     if (route->nrate_limits) {

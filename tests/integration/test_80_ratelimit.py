@@ -341,3 +341,34 @@ def one_on(port, i, results, lock):
         cl.close()
     with lock:
         results.append((s, time.monotonic() - t))
+
+
+def test_shed_low_priority_routes_on_p95(gateway, backend):
+    """The pool's p95 above shed_p95: the low-priority route gets 503, the
+    high-priority one is still served; the load gone, nothing is shed."""
+    b = backend(delay_ms=150)
+    g = gateway(pools={"app": {"servers": [b], "shed_p95": "50ms"}},
+                routes=[{"match": {"path_prefix": "/low"}, "pool": "app", "priority": 1},
+                        {"match": {"path_prefix": "/"}, "pool": "app", "priority": 10}])
+    stop = threading.Event()
+    seen = {"low": [], "high": []}
+
+    def client(kind):
+        cl = Client(g.port)
+        while not stop.is_set():
+            s, _ = cl.request("/low" if kind == "low" else "/high")
+            seen[kind].append(s)
+        cl.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in ("low", "high", "high")]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: 503 in seen["low"], 10), seen["low"][-5:]
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert set(seen["high"]) == {200}, set(seen["high"])
+    assert "routes with a priority under" in g.log()
+    # no load: the level falls back and the low route is served again
+    assert wait_until(lambda: Client(g.port).request("/low")[0] == 200, 15)
