@@ -467,7 +467,7 @@ void sg__cfg_build_redis(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
         {"lease_ttl", SG__CFG_DURATION, 8, offsetof(struct sg_redis_cfg, lease_ttl_ms), 300,
          3600 * 1000},
         {"rate_limit_budget", SG__CFG_DURATION, 8,
-         offsetof(struct sg_redis_cfg, rate_limit_budget_ms), 1, 10000},
+         offsetof(struct sg_redis_cfg, rate_limit_budget_ms), 1, 1000},
     };
     static const char *const names[] = {"url", "prefix"};
     enum { URL, PREFIX, NKEYS };

@@ -2,9 +2,9 @@
  * GCRA and the sharded table of key states (see gcra.h for the algorithm,
  * the sizing and what eviction means).
  *
- * Layout: the table head holds SG_RL_SHARDS shards, one cache line each
- * (lock, slot array pointer, counters), so two workers on different shards
- * never write the same line. A shard's slot array is nbuckets buckets of
+ * Layout: the table head holds SG_RL_SHARDS shards, one cache line each on
+ * Linux (lock, slot array pointer, counters), so two workers on different
+ * shards never write the same line. A shard's slot array is nbuckets buckets of
  * four 16-byte slots, 64-byte aligned: a bucket is one cache line. A slot
  * with key 0 is empty (never used); an empty slot has TAT 0, so "TAT <= now"
  * alone says whether a slot may be taken.
@@ -119,7 +119,7 @@ struct sg_rl_table {
 
 #define BUCKET_BYTES ((size_t)SG_RL_BUCKET_SLOTS * SG_RL_SLOT_BYTES)
 _Static_assert(sizeof(struct slot) == SG_RL_SLOT_BYTES, "slot is 16 bytes");
-_Static_assert(sizeof(struct shard) == 64, "a shard is one cache line");
+_Static_assert(sizeof(struct shard) % 64 == 0, "a shard is whole cache lines");
 
 static uint64_t isqrt(uint64_t v) {
     uint64_t r = 0;
@@ -138,8 +138,8 @@ static uint64_t isqrt(uint64_t v) {
  * deviations of the binomial spread of keys over shards (sqrt(m) bounds
  * it) plus 8, at 4/5 load, in whole buckets, at least 2. Measured with
  * SG_RL_MOVE_LOOKS 64: the first eviction comes at about 0.87 load in the
- * fullest shard, 1.15-1.2 times max_keys for large tables, 1.5 times or
- * more for small ones. */
+ * fullest shard, 1.18 times max_keys or more for large tables, more for
+ * small ones (gcra.h). */
 static uint32_t buckets_for(size_t max_keys) {
     uint64_t k = max_keys < 1 ? 1 : max_keys;
     if (k > SG_RL_MAX_KEYS)
@@ -230,6 +230,10 @@ static uint32_t other_bucket(uint64_t h, uint32_t nb, uint32_t b) {
     return bs[0] == b ? bs[1] : bs[0];
 }
 
+static struct slot *bucket_at(const struct shard *s, uint32_t b) {
+    return &s->slots[(size_t)b * SG_RL_BUCKET_SLOTS];
+}
+
 /* The shard's slots, allocated zeroed on first use; NULL if out of memory. */
 static struct slot *shard_slots_locked(struct sg_rl_table *t, struct shard *s) {
     if (s->slots == NULL) {
@@ -262,10 +266,6 @@ static int free_in(const struct slot *slots, uint32_t b, uint64_t now) {
         if (bk[j].tat <= now)
             return j;
     return -1;
-}
-
-static struct slot *bucket_at(const struct shard *s, uint32_t b) {
-    return &s->slots[(size_t)b * SG_RL_BUCKET_SLOTS];
 }
 
 /* A bucket reached by the search for room: moving the key in `slot` of
@@ -336,7 +336,7 @@ static struct slot *insert_locked(struct shard *s, uint32_t nb, uint64_t h, uint
     for (int i = 0; i < 2 && to == NULL; i++) {
         int f = free_in(s->slots, b[i], now);
         if (f >= 0) {
-            to = &s->slots[(size_t)b[i] * SG_RL_BUCKET_SLOTS + f];
+            to = &bucket_at(s, b[i])[f];
             if (to->key == 0)
                 atomic_fetch_add_explicit(&s->keys, 1, memory_order_relaxed);
         }
@@ -345,7 +345,7 @@ static struct slot *insert_locked(struct shard *s, uint32_t nb, uint64_t h, uint
         to = make_room_locked(s, nb, b, now);
     if (to == NULL) {
         for (int i = 0; i < 2; i++) {
-            struct slot *bk = &s->slots[(size_t)b[i] * SG_RL_BUCKET_SLOTS];
+            struct slot *bk = bucket_at(s, b[i]);
             for (int j = 0; j < SG_RL_BUCKET_SLOTS; j++)
                 if (to == NULL || bk[j].tat < to->tat)
                     to = &bk[j];

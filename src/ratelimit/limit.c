@@ -122,6 +122,8 @@ size_t sg__rl_items(const struct sg_route *route, const struct sg_conn *c,
         items[n].rule = r;
         items[n].rate = rate_of(r, msg, val, vl);
         items[n].hash = mix(r->id ^ sg_hash64(val, vl));
+        items[n].val = val;
+        items[n].vl = vl;
         n++;
     }
     return n;

@@ -16,7 +16,9 @@
 struct sg__rl_item {
     const struct sg_rl_rule *rule;
     const struct sg_rl_rate *rate;
-    uint64_t hash;
+    uint64_t hash;   /* rule id mixed with the value's hash: the local bucket */
+    const char *val; /* the key's value, in the request (valid while it is parsed) */
+    size_t vl;
 };
 
 size_t sg__rl_items(const struct sg_route *route, const struct sg_conn *c,

@@ -24,6 +24,8 @@
 #define LOCAL_HOLD_MS 1000                  /* after a failure, decide locally this long */
 #define FALLBACK_SALT 0x6c6f63616c2d7266ull /* local buckets of the fallback */
 #define REGISTRY_KEY  "rl:gateways"
+#define VALUE_MAX     200 /* longer key values go to Redis as their hash */
+#define KEY_MAX       (64 + 24 + VALUE_MAX)
 
 /* KEYS[i]: the buckets; ARGV[2i-1], ARGV[2i]: emission interval (us) and
  * burst. A bucket holds its TAT (us, Redis' clock) and expires when full. */
@@ -41,7 +43,8 @@ static const char script[] =
     "    out[#out + 1] = string.format('0,0,%d,%d', tat - now, new - tau - now)\n"
     "    return table.concat(out, ';')\n"
     "  end\n"
-    "  redis.call('SET', key, string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1)\n"
+    "  redis.call('SET', key, string.format('%.3f', new), 'PX', math.ceil((new - now) / 1000) + "
+    "1)\n"
     "  out[#out + 1] = string.format('1,%d,%d,0', math.floor((now + tau - new) / T), new - now)\n"
     "end\n"
     "return table.concat(out, ';')\n";
@@ -160,7 +163,9 @@ static void on_reply(void *arg, const struct sg_redis_reply *reply, int err) {
         finish(p);
         if (n < 0) {
             local_until = uv_now(&p->w->loop) + LOCAL_HOLD_MS;
-            go_local(err == 0 && reply && reply->str ? reply->str : "redis unreachable");
+            go_local(reply && reply->type == SG_REDIS_REPLY_ERROR && reply->str ? reply->str
+                     : err != 0 ? "redis unreachable"
+                                : "an answer from redis that does not parse");
             if (p->c)
                 decide_local(p);
         } else {
@@ -197,24 +202,40 @@ struct sg_rl_pending *sg_rl_shared_check(struct sg_worker *w, struct sg_redis *r
     }
     /* EVAL script n key... (T, burst)... */
     const char *argv[3 + 3 * SG_RL_MAX_RULES];
-    char keys[SG_RL_MAX_RULES][96], nums[SG_RL_MAX_RULES][2][24], nkeys[24];
+    size_t argvlen[3 + 3 * SG_RL_MAX_RULES];
+    char keys[SG_RL_MAX_RULES][KEY_MAX], nums[SG_RL_MAX_RULES][2][32], nkeys[24];
     const char *prefix = sg_redis_prefix(r);
     int argc = 0;
+    argvlen[argc] = 4;
     argv[argc++] = "EVAL";
+    argvlen[argc] = sizeof(script) - 1;
     argv[argc++] = script;
-    snprintf(nkeys, sizeof(nkeys), "%zu", n);
+    argvlen[argc] = (size_t)snprintf(nkeys, sizeof(nkeys), "%zu", n);
     argv[argc++] = nkeys;
     for (size_t i = 0; i < n; i++) {
-        snprintf(keys[i], sizeof(keys[i]), "%srl:%016llx", prefix,
-                 (unsigned long long)items[i].hash);
+        /* the bucket: the rule and the key's value itself (no hash that
+         * another client could collide with), or its hash when long */
+        int hl = snprintf(keys[i], sizeof(keys[i]), "%srl:%016llx:", prefix,
+                          (unsigned long long)items[i].rule->id);
+        size_t kl = hl > 0 && (size_t)hl < sizeof(keys[i]) ? (size_t)hl : 0;
+        if (items[i].vl <= VALUE_MAX && kl + items[i].vl <= sizeof(keys[i])) {
+            memcpy(keys[i] + kl, items[i].val, items[i].vl);
+            kl += items[i].vl;
+        } else {
+            int m = snprintf(keys[i] + kl, sizeof(keys[i]) - kl, "#%016llx",
+                             (unsigned long long)items[i].hash);
+            kl += m > 0 ? (size_t)m : 0;
+        }
+        argvlen[argc] = kl;
         argv[argc++] = keys[i];
     }
     for (size_t i = 0; i < n; i++) {
         const struct sg_rl_rate *rt = items[i].rate;
-        uint64_t t_us = rt->period_ms * 1000 / rt->count;
-        snprintf(nums[i][0], sizeof(nums[i][0]), "%llu", (unsigned long long)(t_us ? t_us : 1));
-        snprintf(nums[i][1], sizeof(nums[i][1]), "%u", rt->burst);
+        /* the emission interval in microseconds, to the nanosecond */
+        argvlen[argc] = (size_t)snprintf(nums[i][0], sizeof(nums[i][0]), "%.3f",
+                                         (double)rt->period_ms * 1000.0 / rt->count);
         argv[argc++] = nums[i][0];
+        argvlen[argc] = (size_t)snprintf(nums[i][1], sizeof(nums[i][1]), "%u", rt->burst);
         argv[argc++] = nums[i][1];
     }
     struct sg_rl_pending *p = calloc(1, sizeof(*p));
@@ -233,7 +254,7 @@ struct sg_rl_pending *sg_rl_shared_check(struct sg_worker *w, struct sg_redis *r
     p->route = route;
     memcpy(p->items, items, n * sizeof(items[0]));
     p->n = n;
-    if (sg_redis_command_argv(r, argc, argv, NULL, on_reply, p) != 0) {
+    if (sg_redis_command_argv(r, argc, argv, argvlen, on_reply, p) != 0) {
         sg_config_unref(p->cfg);
         free(p);
         go_local("redis refused the command");
