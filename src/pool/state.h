@@ -46,7 +46,7 @@ struct sg_pool_state {
     _Atomic uint64_t demand;     /* requests that found no usable server and waited */
     _Atomic uint32_t shed_below; /* shed_p95: routes with a priority under this get 503 */
     /* the shedding monitor's own (main thread only): histogram sums, last 2 s */
-    uint64_t shed_ring[4][SG_LATENCY_BUCKETS];
+    uint64_t shed_ring[5][SG_LATENCY_BUCKETS]; /* shed.c: RING */
     uint32_t shed_head, shed_len;
 };
 

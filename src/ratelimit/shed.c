@@ -11,7 +11,7 @@
 
 #define MIN_RESPONSES 20 /* fewer in the window: no p95 */
 #define MAX_LEVEL     10 /* priority 10 is never shed */
-#define RING          4  /* snapshots: 4 x 500 ms */
+#define RING          5  /* snapshots: the window is (RING - 1) x 500 ms = 2 s */
 
 /* The p95 (upper bucket bound, ms) of a histogram delta with total
  * responses. */
@@ -53,11 +53,12 @@ static void tick_pool(const struct sg_pool *p, struct sg_pool_state *ps) {
 
     uint32_t level = atomic_load(&ps->shed_below), next = level;
     uint64_t p95 = valid && total >= MIN_RESPONSES ? p95_of(delta, total) : 0;
+    /* levels 0 (nothing shed), then 2 (priority 1) up to 10 (all but 10) */
     if (p95 > p->shed_p95_ms) {
         if (level < MAX_LEVEL)
-            next = level + 1;
+            next = level == 0 ? 2 : level + 1;
     } else if (level > 0 && p95 * 10 < p->shed_p95_ms * 8) {
-        next = level - 1;
+        next = level == 2 ? 0 : level - 1;
     }
     if (next == level)
         return;
