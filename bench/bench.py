@@ -17,11 +17,20 @@ Part 4, elasticity (scalegate only: the others have no autoscaling): a fresh gat
 has a scale section and no servers (bench/scalegate-elasticity.yaml.tmpl), wrk -c2 for 8 s, then
 a 10x step (wrk -c18 more) for 25 s; the admin API polled every 0.25 s gives the seconds until
 the pool has the instances the step needs, until its p95 is back under target, and the peak.
+Part 5, rate limiting (scalegate only): gateways over the part 1 backends (bench/scalegate-
+ratelimit.yaml.tmpl) with (a) no rule, (b) a rule keyed on X-Device-ID that rejects nothing,
+(c) the same with rate_limit_headers: false, (d) the rule of (b) shared through a redis-server
+started here; the small, 64-connection load with each request carrying one of 100,000
+X-Device-ID values (bench/wrk-device-ids.lua, in every case). Rounds of 2 s runs, each run of
+b, c, d between two runs of (a); the cost is 1 - median of req/s / the (a) runs around it, also
+from the cycles of the proxy's CPU per request (perf, optional). Then the table's memory per
+key: fresh gateways with limits.rate_limit_keys = N, RSS before and after filling N keys,
+against sg_rl_table_bytes_max(N).
 
 Python 3 standard library only. Run as:
   /usr/bin/python3 bench/bench.py --scalegate build/release/scalegate \
       --backend build/release/demo-backend [--only haproxy,scalegate] [--duration 6]
-      [--only-failover | --only-elasticity]
+      [--only-failover | --only-elasticity | --only-ratelimit]
 """
 
 import argparse
@@ -202,10 +211,11 @@ class Proc:
         self.out.close()
 
 
-def http_get(port, path="/", timeout=1.0):
-    """One GET on a fresh connection; returns the status code (or raises)."""
+def http_get(port, path="/", timeout=1.0, extra=b""):
+    """One GET on a fresh connection (extra: more header lines, each ending in CRLF); returns
+    the status code and the whole response (or raises)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra +
                   b"Connection: close\r\n\r\n")
         data = b""
         while True:
@@ -385,11 +395,13 @@ def parse_wrk(out, returncode):
     return res
 
 
-def run_wrk(args, port, path, conns, duration, procs):
-    """One wrk run. Returns a dict of rps, p50/p99 (ms), errors, bytes/request, CPU figures."""
+def run_wrk(args, port, path, conns, duration, procs, script=None, script_args=()):
+    """One wrk run (script: a wrk Lua script, given script_args after "--"). Returns a dict of
+    rps, p50/p99 (ms), errors, bytes/request, CPU figures."""
     cmd = pin(args.wrk_cpus) + ["wrk", "-t%d" % args.wrk_threads, "-c%d" % conns,
-                                "-d%ds" % duration, "--latency",
-                                "http://127.0.0.1:%d%s" % (port, path)]
+                                "-d%ds" % duration, "--latency"] + (
+        ["-s", script] if script else []) + ["http://127.0.0.1:%d%s" % (port, path)] + (
+        ["--"] + [str(a) for a in script_args] if script else [])
     cpu0 = [p.cpu() for p in procs]
     busy0, sirq0 = machine_busy()
     ch0 = os.times()
@@ -1014,6 +1026,416 @@ ELASTICITY_MAX_S = 10.0
 ELASTICITY_WINDOW_S = 2  # the scaler's metrics window (scale.window); decisions every 1 s
 
 
+# ---------------------------------------------------------------- rate limiting
+
+RL_SCRIPT = os.path.join(HERE, "wrk-device-ids.lua")
+RL_HEADER = "X-Device-ID"
+RL_WARM_HEADER = "X-Warmup-ID"  # same length: the memory fill's warm-up, which no rule sees
+# The rule under test. 1/h: T = 1 h, so every bucket stays active (TAT ahead of now; in
+# Redis, the key is not expired) for the whole part, although each id comes back only every
+# few seconds to a minute; burst 1,000,000: far above the requests any one id gets (a few),
+# so nothing is ever rejected and every request goes to the backend, as in case (a).
+RL_RULE = '{ name: %s, rate: 1/h, burst: 1000000, key: "header:' + RL_HEADER + '" }'
+# case -> (label, rule names, RateLimit fields on admitted responses, shared through Redis)
+RL_CASES = {"a": ("(a) off: no rule, the same header sent", [], True, False),
+            "b": ("(b) local, RateLimit fields on (the default)", ["device"], True, False),
+            "c": ("(c) local, rate_limit_headers: false", ["device"], False, False),
+            "d": ("(d) shared (Redis), RateLimit fields on", ["device"], True, True)}
+RL_COST_MAX = 5.0  # % of (a)'s req/s that local rate limiting may cost: issue 5's target
+RL_LOCAL_LOG = re.compile(r"deciding locally")  # the shared gateway fell back to local
+RL_BYTES_MAX_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "ratelimit/gcra.h"
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        printf("%zu\n", sg_rl_table_bytes_max((size_t)strtoull(argv[i], NULL, 10)));
+    return 0;
+}
+"""
+
+
+def rl_rules_yaml(names, headers):
+    """The "/" route's rate_limit lines for the template (empty: no rule)."""
+    if not names:
+        return ""
+    out = ["    rate_limit_headers: false"] if not headers else []
+    out.append("    rate_limit:")
+    out += ["      - " + RL_RULE % n for n in names]
+    return "\n".join(out)
+
+
+def start_rl_gateway(args, backends, tmpdir, tag, names, headers, keys, redis_port=None):
+    """A scalegate over the throughput backends with the rules `names` on "/", a table of
+    `keys` keys and, with redis_port, a redis section (bench/scalegate-ratelimit.yaml.tmpl).
+    Returns (Proc, port) or raises RuntimeError."""
+    kv = proxy_kv(args, tmpdir, small_port=backends["small"][1], big_port=backends["16k"][1],
+                  rl_keys=keys, rate_limit=rl_rules_yaml(names, headers),
+                  redis="redis: { url: 127.0.0.1:%d, prefix: \"bench:\" }" % redis_port
+                  if redis_port else "")
+    proc, err = launch_proxy("scalegate", args, tmpdir, tag, "-ratelimit", kv)
+    if proc is None:
+        raise RuntimeError("failed to start: " + err)
+    err = wait_ready(proc, kv["port"], "/") or wait_ready(proc, kv["port"], "/16k")
+    if err:
+        proc.stop()
+        raise RuntimeError("failed to start: " + err)
+    return proc, kv["port"]
+
+
+def rl_probe(port, names, headers):
+    """Checks that GET / with the header is admitted (200) and carries the RateLimit fields
+    exactly when it should. Returns None or what is wrong."""
+    code, data = http_get(port, "/", extra=("%s: probe\r\n" % RL_HEADER).encode())
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    has = bool(re.search(r"^RateLimit-Policy:", head, re.M | re.I)) and bool(
+        re.search(r"^RateLimit:", head, re.M | re.I))
+    if code != 200:
+        return "GET / with %s answered %d" % (RL_HEADER, code)
+    if has != bool(names and headers):
+        return "GET / with %s: RateLimit fields %s, expected %s" % (
+            RL_HEADER, "present" if has else "absent",
+            "present" if names and headers else "absent")
+    return None
+
+
+def rl_bytes_max(args, tmpdir, ns):
+    """sg_rl_table_bytes_max(n) for each n, from gcra.c itself: a tiny program compiled
+    against the library the gateway was linked from. Returns ({n: bytes}, None) or
+    ({}, reason)."""
+    lib = os.path.join(os.path.dirname(os.path.abspath(args.scalegate)), "libscalegate.a")
+    src, exe = os.path.join(tmpdir, "rl-bytes-max.c"), os.path.join(tmpdir, "rl-bytes-max")
+    with open(src, "w") as f:
+        f.write(RL_BYTES_MAX_C)
+    try:
+        cc = subprocess.run([os.environ.get("CC", "cc"), "-I", os.path.join(
+            os.path.dirname(HERE), "src"), "-o", exe, src, lib, "-lpthread"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        if cc.returncode != 0:
+            return {}, "cannot build the sg_rl_table_bytes_max helper: " + " | ".join(
+                cc.stdout.strip().splitlines()[-2:])
+        r = subprocess.run([exe] + [str(n) for n in ns], stdout=subprocess.PIPE, text=True,
+                           timeout=10)
+        return dict(zip(ns, (int(x) for x in r.stdout.split()))), None
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        return {}, "sg_rl_table_bytes_max helper: %s" % e
+
+
+def perf_setup(args):
+    """What perf can count here: {"instr": the event that counts a process's instructions
+    ("instructions", else "instructions:u" where the kernel's are not allowed) or None,
+    "cycles": True if it can count every cycle of the proxy's CPUs (perf stat -a -C: needs
+    pinning and the right to watch a whole CPU)}."""
+    out = {"instr": None, "cycles": False}
+    if args.no_perf or not shutil.which(args.perf):
+        return out
+
+    def works(argv):
+        try:
+            r = subprocess.run([args.perf, "stat", "-x,"] + argv + ["--", "true"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return r.returncode == 0 and bool(re.search(r"^\d+,", r.stderr, re.M))
+    out["instr"] = next((ev for ev in ("instructions", "instructions:u")
+                         if works(["-e", ev])), None)
+    out["cycles"] = bool(args.proxy_cpus) and works(["-a", "-C", args.proxy_cpus, "-e",
+                                                     "cycles"])
+    return out
+
+
+def perf_count(popen):
+    """Stops a `perf stat -x,` started by rl_wrk and returns its first count (or None)."""
+    popen.send_signal(signal.SIGINT)
+    _, err = popen.communicate(timeout=10)
+    m = re.search(r"^(\d+),", err, re.M)
+    return int(m.group(1)) if m else None
+
+
+def rl_wrk(args, proc, port, watched, perf, seconds, sargs, redis=None):
+    """run_wrk on the gateway proc with the ids script; meanwhile, as perf allows (perf_setup),
+    counts the gateway's instructions (all its threads) and every cycle of the proxy's CPUs
+    (whoever runs there: gateway, backend, Redis, the kernel's network work), and Redis' CPU
+    time. Adds instr_per_req, cycles_per_req and redis_us_per_req to wrk's figures."""
+    counters = {}
+    perf = perf or {}
+    try:
+        if perf.get("instr"):
+            counters["instr_per_req"] = subprocess.Popen(
+                [args.perf, "stat", "-x,", "-e", perf["instr"], "-p", str(proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if perf.get("cycles"):
+            counters["cycles_per_req"] = subprocess.Popen(
+                [args.perf, "stat", "-x,", "-a", "-C", args.proxy_cpus, "-e", "cycles"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if counters:
+            time.sleep(0.1)  # perf attached before the first request
+        rcpu = redis.cpu() if redis else None
+        r = run_wrk(args, port, "/", args.rl_conns, seconds, watched, RL_SCRIPT, sargs)
+    finally:
+        counts = {k: perf_count(p) for k, p in counters.items()}
+    if r["requests"]:
+        for k, v in counts.items():
+            if v is not None:
+                r[k] = v / r["requests"]
+        if redis:
+            r["redis_us_per_req"] = 1e6 * (redis.cpu() - rcpu) / r["requests"]
+    return r
+
+
+def start_redis(args, tmpdir):
+    """A throw-away redis-server on a free port, on the proxy's CPU, no persistence. Returns
+    (Proc, port); raises RuntimeError."""
+    port = free_port()
+    proc = Proc("redis", [args.redis_server, "--port", str(port), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no"], tmpdir, args.proxy_cpus)
+    deadline = time.time() + 5
+    while time.time() < deadline and proc.alive():
+        try:
+            if redis_cmd(port, "PING") == "PONG":
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.stop()
+    raise RuntimeError("redis-server did not start: " + proc.stderr_tail())
+
+
+def redis_cmd(port, *words):
+    """One Redis command on a fresh connection; returns a simple or bulk reply as a string,
+    an integer reply as an int (raises OSError)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+        s.sendall(("*%d\r\n" % len(words) + "".join(
+            "$%d\r\n%s\r\n" % (len(w), w) for w in words)).encode())
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+            if data[:1] in (b"+", b"-", b":") and data.endswith(b"\r\n"):
+                break
+            if data[:1] == b"$":
+                n = int(data[1:data.index(b"\r\n")])
+                if len(data) >= data.index(b"\r\n") + 2 + n + 2:
+                    break
+    text = data.decode("latin-1")
+    if text[:1] == "+":
+        return text[1:].strip()
+    if text[:1] == ":":
+        return int(text[1:])
+    if text[:1] == "$":
+        return text.split("\r\n", 1)[1][:-2]
+    raise OSError("redis: " + text.strip())
+
+
+def redis_memory(port):
+    """(used_memory bytes, keys) of the Redis on port."""
+    info = redis_cmd(port, "INFO", "memory")
+    m = re.search(r"^used_memory:(\d+)", info, re.M)
+    return (int(m.group(1)) if m else None), redis_cmd(port, "DBSIZE")
+
+
+def ratelimit_run(args, backends, tmpdir, quiet):
+    """The rate-limiting part: throughput of the cases (RL_CASES) in paired rounds, then the
+    table's memory per key from fresh gateways. Returns a dict for the report; every process
+    started here is stopped before it returns."""
+    res = {"cases": {}, "rss": {}, "prime": {}, "memory": [], "notes": [],
+           "perf": perf_setup(args), "redis_memory": None}
+    cases = [c for c in RL_CASES if (c != "c" or args.rl_case_c) and (c != "d" or
+                                                                     args.rl_shared)]
+    procs, redis, rport = {}, None, None
+    try:
+        if "d" in cases:
+            if not shutil.which(args.redis_server):
+                res["cases"]["d"] = [{"error": "%s not found" % args.redis_server}]
+            else:
+                try:
+                    redis, rport = start_redis(args, tmpdir)
+                except (RuntimeError, OSError) as e:
+                    res["cases"]["d"] = [{"error": str(e)}]
+        for case in cases:
+            _, names, headers, shared = RL_CASES[case]
+            if case in res["cases"]:
+                continue
+            try:
+                procs[case] = start_rl_gateway(args, backends, tmpdir, "rl" + case, names,
+                                               headers, args.rl_table_keys,
+                                               rport if shared else None)
+                err = rl_probe(procs[case][1], names, headers)
+                if err:
+                    raise RuntimeError(err)
+            except (RuntimeError, OSError) as e:
+                res["cases"][case] = [{"error": str(e)}]
+                log("rate limiting %s: %s" % (case, e))
+        live = [c for c in procs if c not in res["cases"]]
+        bproc = backends["small"][0]
+        sargs = (args.rl_ids, RL_HEADER)
+        for case in live:
+            res["rss"][case] = [procs[case][0].rss_kib()]
+        # where each gateway's next run starts in the cycle of ids: every run goes on where
+        # the last stopped, so every id comes back at the same pace
+        start = dict.fromkeys(live, 0)
+        if redis and "d" in live:
+            res["redis_memory"] = [redis_memory(rport)]
+        # Priming: each gateway with a rule sees every id once before the rounds, so that the
+        # rounds measure buckets that exist (lookups, not inserts); every gateway opens its
+        # upstream connections. A wrk process starts the cycle from the first id, so one run
+        # must cover them all: 1.3 x as long as the ids take at the rate of a 1 s run.
+        for case in live:
+            proc, port = procs[case]
+            watched = [proc, bproc] + ([redis] if case == "d" else [])
+            quiet.wait(watched)
+            try:
+                r = run_wrk(args, port, "/", args.rl_conns, 1, watched, RL_SCRIPT, sargs)
+                secs = 1 if case == "a" else min(args.rl_prime_max, max(2, math.ceil(
+                    1.3 * args.rl_ids / max(r["rps"], 1.0)) + 1))
+                r = run_wrk(args, port, "/", args.rl_conns, secs, watched, RL_SCRIPT, sargs)
+                r["seconds"] = secs
+                start[case] = r["requests"] % args.rl_ids
+                res["prime"][case] = r
+                if case != "a" and r["requests"] < args.rl_ids:
+                    res["notes"].append("priming %s sent %d requests, fewer than the %d ids" %
+                                        (case, r["requests"], args.rl_ids))
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                res["prime"][case] = {"error": str(e)}
+                res["notes"].append("priming %s: %s" % (case, e))
+        # The rounds: every case once per round (order rotated), each run between two runs of
+        # (a) -- a b a c a d a c a d a b a ... -- so that each is compared with (a) just
+        # before and just after it, which cancels a drift of the machine's speed.
+        others = [c for c in live if c != "a"]
+        seq = []
+        for rnd in range(args.rl_repeats if live else 0):
+            k = rnd % len(others) if others else 0
+            for case in (others[k:] + others[:k]) or ["a"]:
+                seq += ([(rnd, "a")] if "a" in live and others else []) + [(rnd, case)]
+        if "a" in live and others:
+            seq.append((args.rl_repeats - 1, "a"))
+        done = []
+        for rnd, case in seq:
+            proc, port = procs[case]
+            watched = [proc, bproc] + ([redis] if case == "d" else [])
+            if not proc.alive():
+                r = {"error": "process died: " + proc.stderr_tail()}
+                res["cases"].setdefault(case, []).append(r)
+                done.append((case, r))
+                continue
+            quiet.wait(watched)
+            try:
+                # no warm-up: priming opened the upstream connections and made the buckets
+                r = rl_wrk(args, proc, port, watched, res["perf"], args.rl_duration,
+                           sargs + (start[case],), redis if case == "d" else None)
+                start[case] = (start[case] + r["requests"]) % args.rl_ids
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                r = {"error": str(e)}
+            res["cases"].setdefault(case, []).append(r)
+            done.append((case, r))
+            log("rate limiting round %d/%d %s %s" % (
+                rnd + 1, args.rl_repeats, case, r.get("error") or
+                "%8.0f req/s  p50 %s  p99 %s  %s us/req%s%s%s%s%s" % (
+                    r["rps"], fmt_ms(r["p50"]), fmt_ms(r["p99"]),
+                    "%.1f" % r["cpu_us_per_req"] if "cpu_us_per_req" in r else "-",
+                    " (+ redis %.1f)" % r["redis_us_per_req"]
+                    if "redis_us_per_req" in r else "",
+                    "  %.0f cycles/req" % r["cycles_per_req"] if "cycles_per_req" in r
+                    else "",
+                    "  %.0f instr/req" % r["instr_per_req"] if "instr_per_req" in r else "",
+                    "  errors %s" % fmt_errors(r) if r["errors"] else "",
+                    "  (other load %.2f cores)" % r["foreign"]
+                    if r["foreign"] > args.foreign_limit else "")))
+        rl_brackets(done)
+        for case in live:
+            res["rss"][case].append(procs[case][0].rss_kib())
+        if redis and "d" in live:
+            res["redis_memory"].append(redis_memory(rport))
+        if "d" in procs:
+            with open(procs["d"][0].errpath, errors="replace") as f:
+                fell = [x.strip() for x in f if RL_LOCAL_LOG.search(x)]
+            if fell:
+                res["notes"].append("the shared gateway (d) decided locally at times (%d log "
+                                    "lines, first: %s)" % (len(fell), fell[0][:200]))
+    finally:
+        for proc, _ in procs.values():
+            proc.stop()
+        if redis:
+            redis.stop()
+    sizes = sorted(set(args.rl_mem_keys + [args.rl_table_keys]))
+    res["bytes_max"], why = rl_bytes_max(args, tmpdir, sizes)
+    if why:
+        res["notes"].append(why)
+    for n in args.rl_mem_keys:
+        m = rl_memory_run(args, backends, tmpdir, quiet, n)
+        res["memory"].append(m)
+        log("rate limiting memory, %d keys: %s" % (n, m.get("error") or
+                                                  "%.1f bytes per key" % m["per_key"]))
+    return res
+
+
+def rl_brackets(done):
+    """For every run of a case other than (a) in done (the (case, result) list in the order
+    they ran), the mean of the nearest good (a) run before it and the one after it, as
+    ref_rps, ref_cycles_per_req and ref_instr_per_req."""
+    good = [i for i, (c, r) in enumerate(done) if c == "a" and "error" not in r]
+    for i, (case, r) in enumerate(done):
+        if case == "a" or "error" in r:
+            continue
+        refs = [done[j][1] for j in ([max((j for j in good if j < i), default=None)] +
+                                     [min((j for j in good if j > i), default=None)])
+                if j is not None]
+        for key in ("rps", "cycles_per_req", "instr_per_req"):
+            vals = [x[key] for x in refs if x.get(key)]
+            if vals:
+                r["ref_" + key] = sum(vals) / len(vals)
+
+
+def rl_memory_run(args, backends, tmpdir, quiet, n):
+    """A fresh gateway with limits.rate_limit_keys: n and --rl-mem-rules rules on "/" (same
+    key, different names: each request makes one key per rule), filled with n keys by wrk
+    cycling through n / rules ids. The gateway's RSS before the fill, after a warm-up with the
+    same requests under another header name (no rule applies; connections and buffers exist),
+    and after the fill."""
+    rules = args.rl_mem_rules
+    ids = -(-n // rules)
+    names = ["dev%d" % (i + 1) for i in range(rules)]
+    res = {"table_keys": n, "rules": rules, "ids": ids, "keys": ids * rules}
+    proc = None
+    try:
+        proc, port = start_rl_gateway(args, backends, tmpdir, "rlmem%d" % n, names, False, n)
+        err = rl_probe(port, names, False)
+        if err:
+            raise RuntimeError(err)
+        bproc = backends["small"][0]
+        quiet.wait([proc, bproc])
+        warm = run_wrk(args, port, "/", args.rl_conns, max(1, args.warmup), [proc, bproc],
+                       RL_SCRIPT, (ids, RL_WARM_HEADER))
+        time.sleep(1.0)
+        res["before_kib"] = proc.rss_kib()
+        # every request updates `rules` keys, so it is slower than the warm-up's: give wrk
+        # twice the time the ids would take at the warm-up's rate
+        seconds = min(60, max(2, math.ceil(2.0 * ids / max(warm["rps"], 1.0)) + 1))
+        fill = run_wrk(args, port, "/", args.rl_conns, seconds, [proc, bproc], RL_SCRIPT,
+                       (ids, RL_HEADER))
+        time.sleep(1.0)
+        if not proc.alive():
+            raise RuntimeError("exited: " + proc.stderr_tail())
+        res["after_kib"] = proc.rss_kib()
+        res["fill_rps"], res["fill_requests"], res["fill_seconds"] = (
+            fill["rps"], fill["requests"], seconds)
+        res["per_key"] = (res["after_kib"] - res["before_kib"]) * 1024.0 / res["keys"]
+        if fill["requests"] < ids:
+            res["error"] = "the fill sent %d requests, fewer than the %d ids" % (
+                fill["requests"], ids)
+        elif fill["errors"]:
+            res["error"] = "the fill had errors: %s" % fmt_errors(fill)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        res["error"] = str(e)
+    finally:
+        if proc is not None:
+            proc.stop()
+    return res
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1243,8 +1665,175 @@ def report_elasticity(args, elasticity, notes):
     return lines
 
 
+def fmt_bytes(b):
+    if b is None:
+        return "-"
+    return "%.1f MiB" % (b / 1048576.0) if b >= 1048576 else "%.1f KiB" % (b / 1024.0)
+
+
+def bracket_ratio(runs, key, inverse=False):
+    """Median over runs of run[key] / its (a) bracket's (rl_brackets; the bracket's / the
+    run's with inverse); None without such pairs."""
+    ratios = [(r["ref_" + key] / r[key]) if inverse else (r[key] / r["ref_" + key])
+              for r in runs if "error" not in r and r.get(key) and r.get("ref_" + key)]
+    return statistics.median(ratios) if ratios else None
+
+
+def report_ratelimit(args, rl, notes):
+    lines = []
+    add = lines.append
+    add("")
+    add("## Rate limiting (scalegate, small responses, %d conns, wrk -t%d with "
+        "bench/wrk-device-ids.lua: %d distinct %s values; medians of %d rounds, every "
+        "run %d s, each between two runs of (a))" % (
+            args.rl_conns, args.wrk_threads, args.rl_ids, RL_HEADER, args.rl_repeats,
+            args.rl_duration))
+    add("")
+    add("| case | req/s | p99 | x (a) | cost | cycles/req, proxy CPU (cost) | gateway instr/req "
+        "(x (a)) | CPU us/req | spread | target |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    flagged = False
+    for case, (label, _, _, shared) in RL_CASES.items():
+        runs = rl["cases"].get(case)
+        if runs is None:
+            if shared:
+                add("| %s | not measured (--no-rl-shared) | | | | | | | | |" % label)
+            elif case == "c":
+                add("| %s | not measured (--no-rl-case-c) | | | | | | | | |" % label)
+            continue
+        s = summarize(runs)
+        if s is None:
+            add("| %s | failed | | | | | | | | |" % label)
+            notes.append("rate limiting %s: %s" % (case, next(
+                (r["error"] for r in runs if "error" in r), "no run")))
+            continue
+        for r in runs:
+            if "error" in r:
+                notes.append("rate limiting %s, a round: %s" % (case, r["error"]))
+        mark = ""
+        if s["errors"]:
+            mark += " (%d errors)" % s["errors"]
+            notes.append("rate limiting %s: %s (summed over the rounds)" % (
+                case, "; ".join(s["error_detail"])))
+        if s["foreign"] > args.foreign_limit:
+            mark, flagged = mark + " *", True
+        ratio = bracket_ratio(runs, "rps") if case != "a" else None
+        cost = None if ratio is None else 100.0 * (1.0 - ratio)
+        if case == "a":
+            target = ""
+        elif shared:
+            target = "reported (no target)"
+        else:
+            target = "-" if cost is None else "cost <= %g %%: %s" % (
+                RL_COST_MAX, "met" if cost <= RL_COST_MAX and not s["errors"] else
+                "**not met**")
+        ok = [r for r in runs if "error" not in r]
+        instr = median([r.get("instr_per_req") for r in ok])
+        cycles = median([r.get("cycles_per_req") for r in ok])
+        redis_us = median([r.get("redis_us_per_req") for r in ok])
+        # req/s goes as 1 / cycles per request on the bottleneck CPU: x (a) by cycles is
+        # cycles(a) / cycles(case), paired by round like req/s
+        cyc_x = bracket_ratio(runs, "cycles_per_req", inverse=True) if case != "a" else 1.0
+        instr_x = bracket_ratio(runs, "instr_per_req") if case != "a" else 1.0
+        add("| %s | %.0f%s | %s | %s | %s | %s | %s | %s%s | %.0f%% | %s |" % (
+            label, s["rps"], mark, fmt_ms(s["p99"]),
+            "1.00" if case == "a" else fmt_r(ratio),
+            "-" if cost is None else "%.1f %%" % cost,
+            "-" if cycles is None else "%.0f" % cycles if case == "a" else "%.0f (%s)" % (
+                cycles, "-" if cyc_x is None else "%.1f %%" % (100.0 * (1.0 - cyc_x))),
+            "-" if instr is None else "%.0f (%s)" % (instr, fmt_r(instr_x)),
+            "%.1f" % s["cpu_us"] if s["cpu_us"] else "-",
+            " + %.1f Redis" % redis_us if redis_us is not None else "",
+            100 * s["spread"], target))
+    add("")
+    add("Every case sends the same requests (GET / with %s cycling through %d values, request k "
+        "with value k mod %d), so only the gateway's work differs. The rule: `%s` (nothing is "
+        "rejected; every bucket stays active for the whole part). x (a): median over the "
+        "rounds of req/s divided by the mean req/s of the (a) runs just before and after; "
+        "cost = 1 - x (a); the "
+        "target (issue 5) is for local mode. req/s, p99, CPU us/req (the gateway's CPU "
+        "time per request; for (d) plus Redis'): medians over the rounds. cycles/req: every "
+        "CPU cycle spent on the proxy's CPU (%s: gateway, backend, Redis, the kernel's network "
+        "work) per request; req/s goes as its inverse when that CPU is the bottleneck, as "
+        "here, so cost = 1 - median over the rounds of cycles(a) / cycles(case), (a) again "
+        "the mean of the runs around: the same "
+        "cost as the req/s column's, without the time the virtual machine lost to others. "
+        "gateway instr/req: the gateway's instructions per request (%s, all its threads), "
+        "which the machine's speed does not change at all. Before the rounds each gateway "
+        "got the same load until every id had been sent once (%s); no warm-up before each "
+        "run.%s" % (
+            RL_HEADER, args.rl_ids, args.rl_ids, RL_RULE % "device",
+            "perf stat -a -C %s -e cycles" % args.proxy_cpus if rl["perf"].get("cycles") else
+            "not measured: no perf, no pinning or no right to watch a whole CPU",
+            "perf stat -e %s" % rl["perf"]["instr"] if rl["perf"].get("instr") else
+            "not measured: no perf",
+            ", ".join("%s %d s" % (c, p["seconds"]) for c, p in rl.get("prime", {}).items()
+                      if "seconds" in p) or "-",
+            " (d): a redis-server started for the part, on the gateway's CPU, answering "
+            "every request's EVAL." if "d" in rl["cases"] else ""))
+    if flagged:
+        add("* other processes used more than %.0f%% of a core during at least one round." % (
+            100 * args.foreign_limit))
+    bmax = rl.get("bytes_max", {})
+    add("")
+    add("### Rate-limit table memory")
+    add("")
+    add("| limits.rate_limit_keys | keys | how filled | RSS before | RSS after | growth | "
+        "per key | bound (sg_rl_table_bytes_max) | bound per key | x bound |")
+    add("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for m in rl["memory"]:
+        n = m["table_keys"]
+        b = bmax.get(n)
+        if "per_key" not in m:
+            add("| %d | %d | failed | | | | | %s | %s | |" % (
+                n, m["keys"], fmt_bytes(b), "%.1f B" % (b / n) if b else "-"))
+            notes.append("rate limiting memory, %d keys: %s" % (n, m.get("error")))
+            continue
+        if "error" in m:
+            notes.append("rate limiting memory, %d keys: %s" % (n, m["error"]))
+        growth = (m["after_kib"] - m["before_kib"]) * 1024
+        add("| %d | %d | %d rules x %d ids | %.1f MiB | %.1f MiB | %s | %.1f B%s | %s | %s | "
+            "%s |" % (n, m["keys"], m["rules"], m["ids"], m["before_kib"] / 1024.0,
+                      m["after_kib"] / 1024.0, fmt_bytes(growth), m["per_key"],
+                      " (!)" if "error" in m else "", fmt_bytes(b),
+                      "%.1f B" % (b / n) if b else "-", fmt_ratio(growth, b)))
+    rss = rl.get("rss", {})
+    if len(rss.get("b", [])) == 2 and len(rss.get("a", [])) == 2:
+        n = args.rl_table_keys
+        b = bmax.get(n)
+        growth = ((rss["b"][1] - rss["b"][0]) - (rss["a"][1] - rss["a"][0])) * 1024
+        add("| %d | %d | case (b), after its rounds | %.1f MiB | %.1f MiB | %s | %.1f B | %s | "
+            "%s | %s |" % (n, args.rl_ids, rss["b"][0] / 1024.0, rss["b"][1] / 1024.0,
+                           fmt_bytes(growth), growth / args.rl_ids, fmt_bytes(b),
+                           "%.1f B" % (b / n) if b else "-", fmt_ratio(growth, b)))
+    rm = rl.get("redis_memory")
+    if rm and len(rm) == 2 and rm[0][0] is not None and rm[1][0] is not None:
+        keys = rm[1][1] - rm[0][1]
+        growth = rm[1][0] - rm[0][0]
+        add("| (Redis) | %d | case (d), after its rounds | %s | %s | %s | %s | | | |" % (
+            keys, fmt_bytes(rm[0][0]), fmt_bytes(rm[1][0]), fmt_bytes(growth),
+            "%.1f B" % (growth / keys) if keys > 0 else "-"))
+    add("")
+    add("Memory is resident memory (VmRSS) of the gateway, a fresh one per row: before is "
+        "after a warm-up with the same connections and requests under another header name "
+        "(%s, which no rule looks at), after is 1 s after the fill; growth / keys = per key. "
+        "The fill: %d rules on the route that differ only in name, each keyed on %s, so a "
+        "request makes one key per rule; wrk cycles through keys / %d ids, every request "
+        "admitted. The case (b) row is that gateway (default table size) after all its "
+        "rounds, its growth less (a)'s over the same rounds. bound: "
+        "sg_rl_table_bytes_max(limits.rate_limit_keys) from src/ratelimit/gcra.h, computed "
+        "by gcra.c itself; a shard's slots are allocated and zeroed whole on the shard's "
+        "first key, so a table holds its bound as soon as keys have reached all %d shards, "
+        "however few keys it holds. The Redis row: Redis' used_memory (INFO memory) and "
+        "DBSIZE before priming (d) and after its rounds." % (
+            RL_WARM_HEADER, args.rl_mem_rules, RL_HEADER, args.rl_mem_rules, 256))
+    for n in rl.get("notes", []):
+        notes.append("rate limiting: " + n)
+    return lines
+
+
 def report(args, scenarios, results, failures, memory, meta, failover=None,
-           elasticity=None):
+           elasticity=None, ratelimit=None):
     lines = []
     add = lines.append
     if args.no_throughput:
@@ -1313,6 +1902,8 @@ def report(args, scenarios, results, failures, memory, meta, failover=None,
         lines += report_failover(args, failover, notes)
     if elasticity:
         lines += report_elasticity(args, elasticity, notes)
+    if ratelimit:
+        lines += report_ratelimit(args, ratelimit, notes)
     if notes:
         add("")
         add("Problems:")
@@ -1415,6 +2006,39 @@ def main():
                     help="seconds p95 must stay under the target to count as back under it")
     ap.add_argument("--elasticity-poll", type=float, default=0.25,
                     help="seconds between polls of the admin API")
+    ap.add_argument("--no-ratelimit", action="store_true",
+                    help="skip the rate-limiting part")
+    ap.add_argument("--only-ratelimit", action="store_true",
+                    help="only the rate-limiting part (scalegate with and without a rule)")
+    ap.add_argument("--rl-repeats", type=int, default=4,
+                    help="rate-limiting rounds (each runs every case once, each between two "
+                         "runs of case a); medians reported")
+    ap.add_argument("--rl-duration", type=int, default=2,
+                    help="seconds per measured rate-limiting run")
+    ap.add_argument("--rl-prime-max", type=int, default=30,
+                    help="at most this many seconds of load on each rate-limiting gateway "
+                         "before the rounds (as long as every id takes)")
+    ap.add_argument("--rl-conns", type=int, default=64,
+                    help="wrk connections in the rate-limiting part")
+    ap.add_argument("--rl-ids", type=int, default=100000,
+                    help="distinct X-Device-ID values (keys) in the rate-limiting rounds")
+    ap.add_argument("--rl-table-keys", type=int, default=1000000,
+                    help="limits.rate_limit_keys of the rate-limiting rounds' gateways")
+    ap.add_argument("--rl-case-c", action=argparse.BooleanOptionalAction,
+                    default=True, help="also run case (c), rate_limit_headers: false")
+    ap.add_argument("--rl-shared", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run case (d), shared mode, with a redis-server of its own")
+    ap.add_argument("--redis-server", default="redis-server",
+                    help="the redis-server binary for case (d)")
+    ap.add_argument("--perf", default="perf",
+                    help="perf, to count the gateway's instructions per request")
+    ap.add_argument("--no-perf", action="store_true",
+                    help="do not count instructions with perf")
+    ap.add_argument("--rl-mem-keys", default="100000,1000000",
+                    help="table sizes (= keys filled) of the memory-per-key rows, comma-"
+                         "separated; empty for none")
+    ap.add_argument("--rl-mem-rules", type=int, default=10,
+                    help="rules per route in the memory fill (keys per request)")
     ap.add_argument("--upstream-keepalive", type=int, default=1024,
                     help="idle upstream connections nginx and scalegate may keep per server")
     ap.add_argument("--forward-headers", action="store_true",
@@ -1430,14 +2054,29 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir of configs and logs")
     ap.add_argument("--out", default="build/bench/results.md")
     args = ap.parse_args()
+    if sum((args.only_failover, args.only_elasticity, args.only_ratelimit)) > 1:
+        ap.error("--only-failover, --only-elasticity and --only-ratelimit exclude each other")
     if args.only_failover:
-        if args.no_failover or args.only_elasticity:
-            ap.error("--only-failover excludes --no-failover and --only-elasticity")
-        args.no_throughput = args.no_memory = args.no_elasticity = True
+        if args.no_failover:
+            ap.error("--only-failover and --no-failover exclude each other")
+        args.no_throughput = args.no_memory = args.no_elasticity = args.no_ratelimit = True
     if args.only_elasticity:
         if args.no_elasticity:
             ap.error("--only-elasticity and --no-elasticity exclude each other")
-        args.no_throughput = args.no_memory = args.no_failover = True
+        args.no_throughput = args.no_memory = args.no_failover = args.no_ratelimit = True
+    if args.only_ratelimit:
+        if args.no_ratelimit:
+            ap.error("--only-ratelimit and --no-ratelimit exclude each other")
+        args.no_throughput = args.no_memory = args.no_failover = args.no_elasticity = True
+    try:
+        args.rl_mem_keys = [int(x) for x in args.rl_mem_keys.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--rl-mem-keys: table sizes, comma-separated")
+    if any(not 1024 <= n <= 100000000 for n in args.rl_mem_keys + [args.rl_table_keys]):
+        ap.error("--rl-mem-keys, --rl-table-keys: from 1024 to 100000000 (limits."
+                 "rate_limit_keys)")
+    if args.rl_ids < 1 or args.rl_mem_rules < 1 or args.rl_repeats < 1:
+        ap.error("--rl-ids, --rl-mem-rules and --rl-repeats must be at least 1")
     try:
         args.elasticity_conns = [int(x) for x in args.elasticity_conns.split(",")]
     except ValueError:
@@ -1498,15 +2137,22 @@ def main():
     fo_runs = len(fo_contenders) * args.failover_repeats * (2 if args.failover_control else 1)
     el_runs = 0 if args.no_elasticity or "scalegate" not in args.only else \
         args.elasticity_repeats
+    rl_on = not args.no_ratelimit and "scalegate" in args.only
+    rl_cases = 2 + args.rl_case_c + args.rl_shared
+    rl_runs = (2 * (rl_cases - 1) * args.rl_repeats + 1) if rl_on else 0
     runs = 0 if args.no_throughput else len(scenarios) * len(args.only) * args.repeats
     est = runs * (args.duration + args.warmup + 1) + fo_runs * (
         args.failover_duration + args.warmup + 3) + el_runs * (
-        args.elasticity_base + args.elasticity_step + 4)
-    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s%s, about %d min; "
+        args.elasticity_base + args.elasticity_step + 4) + (rl_runs * (
+            args.rl_duration + 1) + rl_cases * 8 +
+        12 * len(args.rl_mem_keys) if rl_on else 0)
+    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s%s%s, about %d min; "
         "%s" % (runs, len(args.only), len(scenarios), args.repeats,
                 "" if args.no_memory else ", the memory test",
                 ", %d failover runs" % fo_runs if fo_runs else "",
                 ", %d elasticity runs" % el_runs if el_runs else "",
+                ", %d rate-limiting runs and %d memory fills" % (
+                    rl_runs, len(args.rl_mem_keys)) if rl_on else "",
             (est + 59) // 60 + (0 if args.no_memory else 1), placement(args)))
 
     # SIGTERM (or SIGINT, even where it came ignored) ends the harness through its finally
@@ -1516,10 +2162,10 @@ def main():
     signal.signal(signal.SIGINT, stop_signal)
     quiet = Quiet(args.quiet_wait, 3 * args.quiet_wait + 60, args.foreign_limit)
     tmpdir = tempfile.mkdtemp(prefix="scalegate-bench-")
-    backends = start_backends(args, tmpdir) if not (args.no_throughput and
-                                                    args.no_memory) else {}
+    backends = start_backends(args, tmpdir) if not (args.no_throughput and args.no_memory and
+                                                    not rl_on) else {}
     contenders, failures = {}, {}
-    results, memory, failover, elasticity = {}, {}, {}, {}
+    results, memory, failover, elasticity, ratelimit = {}, {}, {}, {}, {}
     try:
         if not args.no_throughput:
             for c in args.only:
@@ -1604,6 +2250,12 @@ def main():
                     "  (other load %.2f cores)" % r["foreign"]
                     if r["foreign"] > args.foreign_limit else ""),
                 "  " + r["stop_problem"] if "stop_problem" in r else ""))
+        if rl_on:
+            log("rate limiting: cases %s, %d rounds of %d s, %d ids; then memory fills of %s "
+                "keys" % ("a,b" + ",c" * args.rl_case_c + ",d" * args.rl_shared,
+                          args.rl_repeats, args.rl_duration, args.rl_ids,
+                          ", ".join(str(n) for n in args.rl_mem_keys) or "no"))
+            ratelimit = ratelimit_run(args, backends, tmpdir, quiet)
     finally:
         for c, (proc, _) in contenders.items():
             if proc:
@@ -1615,7 +2267,8 @@ def main():
         time.strftime("%Y-%m-%d %H:%M"), os.cpu_count(), cpu_model(), placement(args),
         version_of([args.nginx, "-v"]),
         version_of([args.haproxy, "-v"]), version_of(["wrk", "-v"]))
-    text = report(args, scenarios, results, failures, memory, meta, failover, elasticity)
+    text = report(args, scenarios, results, failures, memory, meta, failover, elasticity,
+                  ratelimit)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -1623,14 +2276,16 @@ def main():
     raw = {"args": {k: v for k, v in vars(args).items()},
            "results": {"%s %s %d" % (c, s, n): v for (c, (s, n)), v in results.items()},
            "failures": failures, "memory": memory, "failover": failover,
-           "elasticity": elasticity}
+           "elasticity": elasticity, "ratelimit": ratelimit}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
     troubles = failures or any("error" in r for rs in results.values() for r in rs) or any(
         "error" in m for m in memory.values()) or any(
         "error" in r or "stop_problem" in r
         for f in failover.values() for rs in f.values() for r in rs) or any(
-        "error" in r or "stop_problem" in r for rs in elasticity.values() for r in rs)
+        "error" in r or "stop_problem" in r for rs in elasticity.values() for r in rs) or any(
+        "error" in r for rs in ratelimit.get("cases", {}).values() for r in rs) or any(
+        "error" in m for m in ratelimit.get("memory", []))
     if troubles or args.keep:
         log("wrote %s (and .json); configs and logs kept in %s" % (args.out, tmpdir))
     else:
