@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <stdatomic.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -90,19 +89,30 @@ static const enum sg_hash_source sources[] = {
     [SG_RL_KEY_QUERY] = SG_HASH_QUERY,
 };
 
-/* Appends printf output to v->hdr; false when it does not fit. */
-static bool put(struct sg_rl_verdict *v, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static bool put(struct sg_rl_verdict *v, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(v->hdr + v->hdr_len, sizeof(v->hdr) - v->hdr_len, fmt, ap);
-    va_end(ap);
-    /* 48 bytes stay free for the Retry-After of a 429 */
-    if (n < 0 || (size_t)n + 48 >= sizeof(v->hdr) - v->hdr_len)
+/* Appends n bytes to v->hdr; false when they do not fit with 48 bytes to
+ * spare (kept for the Retry-After of a 429). No printf: this runs for every
+ * admitted response of a limited route. */
+static bool put_mem(struct sg_rl_verdict *v, const char *p, size_t n) {
+    if (n + 48 >= sizeof(v->hdr) - v->hdr_len)
         return false;
-    v->hdr_len += (size_t)n;
+    memcpy(v->hdr + v->hdr_len, p, n);
+    v->hdr_len += n;
+    v->hdr[v->hdr_len] = '\0';
     return true;
+}
+
+static bool put_str(struct sg_rl_verdict *v, const char *s) {
+    return put_mem(v, s, strlen(s));
+}
+
+static bool put_u64(struct sg_rl_verdict *v, uint64_t x) {
+    char b[24];
+    size_t i = sizeof(b);
+    do {
+        b[--i] = (char)('0' + x % 10);
+        x /= 10;
+    } while (x);
+    return put_mem(v, b + i, sizeof(b) - i);
 }
 
 static uint64_t ceil_s(uint64_t ms) {
@@ -148,14 +158,16 @@ void sg__rl_verdict(const struct sg_route *route, const struct sg__rl_item *item
     }
     if (tight == SIZE_MAX || (!v->limited && !route->rate_limit_headers))
         return;
-    bool ok = put(v, "RateLimit-Policy: ");
+    bool ok = put_str(v, "RateLimit-Policy: ");
     for (size_t i = 0; ok && i < n; i++)
-        ok = put(v, "%s\"%s\";q=%u;w=%llu", i ? ", " : "", items[i].rule->name,
-                 items[i].rate->count, (unsigned long long)(items[i].rate->period_ms / 1000));
-    ok = ok && put(v, "\r\nRateLimit: \"%s\";r=%u;t=%llu\r\n", items[tight].rule->name,
-                   v->limited ? 0 : res[tight].remaining,
-                   (unsigned long long)ceil_s(v->limited ? res[tight].retry_after_ms
-                                                         : res[tight].reset_ms));
+        ok = (i == 0 || put_str(v, ", ")) && put_str(v, "\"") && put_str(v, items[i].rule->name) &&
+             put_str(v, "\";q=") && put_u64(v, items[i].rate->count) && put_str(v, ";w=") &&
+             put_u64(v, items[i].rate->period_ms / 1000);
+    ok = ok && put_str(v, "\r\nRateLimit: \"") && put_str(v, items[tight].rule->name) &&
+         put_str(v, "\";r=") && put_u64(v, v->limited ? 0 : res[tight].remaining) &&
+         put_str(v, ";t=") &&
+         put_u64(v, ceil_s(v->limited ? res[tight].retry_after_ms : res[tight].reset_ms)) &&
+         put_str(v, "\r\n");
     if (!ok) { /* names too long for the room: leave the fields out */
         v->hdr_len = 0;
         v->hdr[0] = '\0';
