@@ -411,7 +411,9 @@ static void test_rate_limit_rules(void **state) {
                 "  - match: { path_prefix: /a }\n"
                 "    pool: app\n"
                 "    max_in_flight: 7\n"
-                "    rate_limit: { rate: 100/min }\n"
+                "    rate_limit:\n"
+                "      - { rate: 100/min }\n"
+                "      - { name: dev, rate: 1/s, key: \"header:X-Device-ID\" }\n"
                 "  - match: { path_prefix: / }\n"
                 "    pool: app\n"
                 "    rate_limit_headers: false\n"
@@ -423,21 +425,20 @@ static void test_rate_limit_rules(void **state) {
                 "        class_header: X-Device-Class\n"
                 "        classes: { office: 500/min, hub: { rate: 2/s, burst: 9 } }\n"
                 "        overrides: { dev-1: 1/h }\n"
-                "      - { name: dev, rate: 1/s, key: \"header:X-Device-ID\" }\n"
                 "      - { rate: 1000/day, key: global }\n");
     assert_int_equal(c->limits.rate_limit_keys, 5000);
     const struct sg_route *a = &c->routes[0], *b = &c->routes[1];
     assert_int_equal(a->max_in_flight, 7);
     assert_non_null(a->in_flight);
     assert_true(a->rate_limit_headers);
-    assert_int_equal(a->nrate_limits, 1);
+    assert_int_equal(a->nrate_limits, 2);
     assert_string_equal(a->rate_limits[0].name, "route1-1");
     assert_int_equal(a->rate_limits[0].key, SG_RL_KEY_IP);
     assert_int_equal(a->rate_limits[0].rate.count, 100);
     assert_int_equal(a->rate_limits[0].rate.period_ms, 60000);
     assert_int_equal(a->rate_limits[0].rate.burst, 100); /* default: the count */
     assert_false(b->rate_limit_headers);
-    assert_int_equal(b->nrate_limits, 3);
+    assert_int_equal(b->nrate_limits, 2);
     const struct sg_rl_rule *d = &b->rate_limits[0];
     assert_int_equal(d->key, SG_RL_KEY_HEADER);
     assert_string_equal(d->key_name, "X-Device-ID");
@@ -450,11 +451,11 @@ static void test_rate_limit_rules(void **state) {
     assert_int_equal(d->classes[0].rate.burst, 500);
     assert_int_equal(d->noverrides, 1);
     assert_int_equal(d->overrides[0].rate.period_ms, 3600000);
-    /* same name and key: one set of buckets */
-    assert_true(b->rate_limits[1].id == d->id);
-    assert_true(b->rate_limits[2].id != d->id);
-    assert_int_equal(b->rate_limits[2].key, SG_RL_KEY_GLOBAL);
-    assert_int_equal(b->rate_limits[2].rate.period_ms, 86400000);
+    /* same name and key in two routes: one set of buckets */
+    assert_true(a->rate_limits[1].id == d->id);
+    assert_true(b->rate_limits[1].id != d->id);
+    assert_int_equal(b->rate_limits[1].key, SG_RL_KEY_GLOBAL);
+    assert_int_equal(b->rate_limits[1].rate.period_ms, 86400000);
     sg_config_unref(c);
 }
 
