@@ -13,11 +13,12 @@
  */
 #include "cache/store.h"
 
+#include "core/hash.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #define MIN_BUCKETS 16u
@@ -52,28 +53,8 @@ _Static_assert(sizeof(struct sg_cache_entry) + 1 + sizeof(struct node) + 32 <=
                "SG_CACHE_ENTRY_OVERHEAD covers the per-entry memory");
 _Static_assert((SG_CACHE_SHARDS & (SG_CACHE_SHARDS - 1)) == 0, "shards: a power of two");
 
-/* MurmurHash3's finalizer: spreads weak caller hashes over shards and
- * buckets. */
-static uint64_t fmix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint64_t new_seed(const void *addr) {
-    uint64_t s;
-    if (getrandom(&s, sizeof(s), GRND_NONBLOCK) == (ssize_t)sizeof(s))
-        return s;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return fmix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)addr);
-}
-
 static uint64_t mixed(const struct sg_cache_store *s, uint64_t key_hash) {
-    return fmix64(key_hash ^ s->seed);
+    return sg_mix64(key_hash ^ s->seed);
 }
 
 static struct shard *shard_of(struct sg_cache_store *s, uint64_t h) {
@@ -220,7 +201,7 @@ struct sg_cache_store *sg_cache_store_new(size_t cap_bytes) {
         return NULL;
     memset(s, 0, sizeof(*s));
     s->cap = cap_bytes;
-    s->seed = new_seed(s);
+    s->seed = sg_random_seed(s);
     for (size_t i = 0; i < SG_CACHE_SHARDS; i++) {
         pthread_mutex_init(&s->shards[i].lock, NULL);
         s->shards[i].cap = cap_bytes / SG_CACHE_SHARDS;

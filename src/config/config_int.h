@@ -138,6 +138,15 @@ typedef void (*sg__cfg_item_fn)(struct sg__cfg_ctx *cx, const yaml_node_t *item,
 long sg__cfg_each_item(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
                        const char *what, sg__cfg_item_fn one, void *arg);
 
+/* RFC 9110 token: one or more of letters, digits and !#$%&'*+-.^_`|~ (what a
+ * header, cookie or query parameter name may hold). */
+bool sg__cfg_token(const char *s);
+/* A request value named in s: "header:NAME", "cookie:NAME" or "query:NAME".
+ * False when s starts with none of these; else true with *src set and
+ * *name a copy of NAME, or NULL after reporting a bad NAME. */
+bool sg__cfg_named_key(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                       const char *s, enum sg_hash_source *src, char **name);
+
 /* Frees a snapshot and everything it owns, whatever its refcount. */
 void sg__config_free(struct sg_config *c);
 

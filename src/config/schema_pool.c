@@ -299,55 +299,24 @@ static int parse_algo(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *
     return -1;
 }
 
-/* RFC 9110 tchar: what a header, cookie or query parameter name may hold here. */
-static bool token_char(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 /* hash_key: "header:NAME", "cookie:NAME", "query:NAME", "ip" or "path". */
 static void build_hash_key(struct sg__cfg_ctx *cx, struct sg_pool *p, const yaml_node_t *n,
                            const char *path) {
-    static const struct {
-        const char *prefix;
-        enum sg_hash_source src;
-    } named[] = {
-        {"header:", SG_HASH_HEADER}, {"cookie:", SG_HASH_COOKIE}, {"query:", SG_HASH_QUERY}};
     char q[SG__CFG_QUOTESZ];
     const char *s = sg__cfg_scalar(cx, n, path, "a hash key");
     if (s == NULL)
         return;
     if (strcmp(s, "ip") == 0) {
         p->hash_source = SG_HASH_IP;
-        return;
-    }
-    if (strcmp(s, "path") == 0) {
+    } else if (strcmp(s, "path") == 0) {
         p->hash_source = SG_HASH_PATH;
-        return;
+    } else if (sg__cfg_named_key(cx, n, path, s, &p->hash_source, &p->hash_name)) {
+        p->hash_name_len = p->hash_name ? strlen(p->hash_name) : 0;
+    } else {
+        sg__cfg_error(cx, n, path,
+                      "%s is not a hash key (header:NAME, cookie:NAME, query:NAME, ip or path)",
+                      sg__cfg_quote(q, sizeof(q), s));
     }
-    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
-        size_t pl = strlen(named[i].prefix);
-        if (strncmp(s, named[i].prefix, pl) != 0)
-            continue;
-        const char *name = s + pl;
-        bool ok = *name != '\0';
-        for (const char *c = name; ok && *c; c++)
-            ok = token_char(*c);
-        if (!ok) {
-            sg__cfg_error(cx, n, path,
-                          "%s: the name after \"%s\" must be one or more letters, digits or "
-                          "!#$%%&'*+-.^_`|~",
-                          sg__cfg_quote(q, sizeof(q), s), named[i].prefix);
-            return;
-        }
-        p->hash_source = named[i].src;
-        p->hash_name = sg__cfg_strdup(cx, name);
-        p->hash_name_len = strlen(name);
-        return;
-    }
-    sg__cfg_error(cx, n, path,
-                  "%s is not a hash key (header:NAME, cookie:NAME, query:NAME, ip or path)",
-                  sg__cfg_quote(q, sizeof(q), s));
 }
 
 /* ---- health ------------------------------------------------------------- */

@@ -17,21 +17,6 @@
 #define MAX_RATE  100000000u /* requests per period */
 #define MAX_RULES 16u        /* per route (ratelimit/limit_int.h: SG_RL_MAX_RULES) */
 
-/* RFC 9110 tchar: what a header, cookie or query parameter name may hold. */
-static bool tchar(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-static bool token(const char *s) {
-    if (*s == '\0')
-        return false;
-    for (; *s; s++)
-        if (!tchar(*s))
-            return false;
-    return true;
-}
-
 /* A rule name: letters, digits, - and _ (it goes between quotes in a field). */
 static bool name_ok(const char *s) {
     if (*s == '\0')
@@ -160,43 +145,26 @@ static void build_table(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
 /* key: ip, global, header:NAME, cookie:NAME, query:NAME. */
 static void build_key(struct sg__cfg_ctx *cx, struct sg_rl_rule *r, const yaml_node_t *n,
                       const char *path) {
-    static const struct {
-        const char *prefix;
-        enum sg_rl_key key;
-    } named[] = {
-        {"header:", SG_RL_KEY_HEADER}, {"cookie:", SG_RL_KEY_COOKIE}, {"query:", SG_RL_KEY_QUERY}};
     char q[SG__CFG_QUOTESZ];
+    enum sg_hash_source src;
     const char *s = sg__cfg_scalar(cx, n, path, "a rate-limit key");
     if (s == NULL)
         return;
     if (strcmp(s, "ip") == 0) {
         r->key = SG_RL_KEY_IP;
-        return;
-    }
-    if (strcmp(s, "global") == 0) {
+    } else if (strcmp(s, "global") == 0) {
         r->key = SG_RL_KEY_GLOBAL;
-        return;
+    } else if (sg__cfg_named_key(cx, n, path, s, &src, &r->key_name)) {
+        r->key = src == SG_HASH_HEADER   ? SG_RL_KEY_HEADER
+                 : src == SG_HASH_COOKIE ? SG_RL_KEY_COOKIE
+                                         : SG_RL_KEY_QUERY;
+        r->key_name_len = r->key_name ? strlen(r->key_name) : 0;
+    } else {
+        sg__cfg_error(cx, n, path,
+                      "%s is not a rate-limit key (ip, global, header:NAME, cookie:NAME or "
+                      "query:NAME)",
+                      sg__cfg_quote(q, sizeof(q), s));
     }
-    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
-        size_t pl = strlen(named[i].prefix);
-        if (strncmp(s, named[i].prefix, pl) != 0)
-            continue;
-        if (!token(s + pl)) {
-            sg__cfg_error(cx, n, path,
-                          "%s: the name after \"%s\" must be one or more letters, digits or "
-                          "!#$%%&'*+-.^_`|~",
-                          sg__cfg_quote(q, sizeof(q), s), named[i].prefix);
-            return;
-        }
-        r->key = named[i].key;
-        r->key_name = sg__cfg_strdup(cx, s + pl);
-        r->key_name_len = strlen(s + pl);
-        return;
-    }
-    sg__cfg_error(cx, n, path,
-                  "%s is not a rate-limit key (ip, global, header:NAME, cookie:NAME or "
-                  "query:NAME)",
-                  sg__cfg_quote(q, sizeof(q), s));
 }
 
 struct rule_ctx {
@@ -261,7 +229,7 @@ static void build_rule(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char 
     if (vals[CLASS_HEADER]) {
         sg__cfg_path_key(kp, path, "class_header");
         const char *s = sg__cfg_scalar(cx, vals[CLASS_HEADER], kp, "a header name");
-        if (s && !token(s))
+        if (s && !sg__cfg_token(s))
             sg__cfg_error(cx, vals[CLASS_HEADER], kp, "%s is not a header name",
                           sg__cfg_quote(q, sizeof(q), s));
         else if (s) {

@@ -356,3 +356,41 @@ long sg__cfg_each_item(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char 
     }
     return (long)count;
 }
+
+/* ---- names -------------------------------------------------------------- */
+
+bool sg__cfg_token(const char *s) {
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *s) != NULL))
+            return false;
+    return true;
+}
+
+bool sg__cfg_named_key(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
+                       const char *s, enum sg_hash_source *src, char **name) {
+    static const struct {
+        const char *prefix;
+        enum sg_hash_source src;
+    } named[] = {
+        {"header:", SG_HASH_HEADER}, {"cookie:", SG_HASH_COOKIE}, {"query:", SG_HASH_QUERY}};
+    char q[SG__CFG_QUOTESZ];
+    *name = NULL;
+    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        size_t pl = strlen(named[i].prefix);
+        if (strncmp(s, named[i].prefix, pl) != 0)
+            continue;
+        if (!sg__cfg_token(s + pl))
+            sg__cfg_error(cx, n, path,
+                          "%s: the name after \"%s\" must be one or more letters, digits or "
+                          "!#$%%&'*+-.^_`|~",
+                          sg__cfg_quote(q, sizeof(q), s), named[i].prefix);
+        else
+            *name = sg__cfg_strdup(cx, s + pl);
+        *src = named[i].src;
+        return true;
+    }
+    return false;
+}

@@ -16,6 +16,8 @@
  */
 #include "pool/balance.h"
 
+#include "core/hash.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,21 +77,10 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t len) {
     return h;
 }
 
-/* MurmurHash3's 64-bit finalizer: every input bit affects every output bit,
- * which FNV alone does not give (its high bits mix poorly). */
-static uint64_t fmix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
-
-/* FNV-1a 64 then fmix64. Not keyed: hash_key values choose a server, an
- * attacker flooding one server with chosen keys could do so anyway. */
+/* FNV-1a 64 then sg_mix64 (FNV's high bits mix poorly alone). Not keyed: hash_key values choose a
+ * server, an attacker flooding one server with chosen keys could do so anyway. */
 uint64_t sg_hash64(const void *data, size_t len) {
-    return fmix64(fnv1a(FNV_OFFSET, data, len));
+    return sg_mix64(fnv1a(FNV_OFFSET, data, len));
 }
 
 /* ---- round robin ------------------------------------------------------ */
@@ -268,7 +259,7 @@ static int ring_build(struct ring *r, const struct sg_server *servers, size_t n)
                 digits[--d] = (char)('0' + v % 10);
                 v /= 10;
             } while (v != 0);
-            r->pts[k].pos = fmix64(fnv1a(base, digits + d, sizeof(digits) - d));
+            r->pts[k].pos = sg_mix64(fnv1a(base, digits + d, sizeof(digits) - d));
             r->pts[k].idx = (uint32_t)i;
             k++;
         }

@@ -22,11 +22,12 @@
  */
 #include "ratelimit/gcra.h"
 
+#include "core/hash.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #define NS_PER_US 1000u
@@ -155,33 +156,13 @@ size_t sg_rl_table_bytes_max(size_t max_keys) {
     return sizeof(struct sg_rl_table) + (size_t)SG_RL_SHARDS * buckets_for(max_keys) * BUCKET_BYTES;
 }
 
-/* MurmurHash3's finalizer: a bijection, so distinct hashes stay distinct. */
-static uint64_t fmix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint64_t new_seed(const void *addr) {
-    uint64_t s;
-    if (getrandom(&s, sizeof(s), GRND_NONBLOCK) == (ssize_t)sizeof(s))
-        return s;
-    /* no entropy yet (early boot): placement only needs to differ between runs */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return fmix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)addr);
-}
-
 struct sg_rl_table *sg_rl_table_new(size_t max_keys) {
     struct sg_rl_table *t = aligned_alloc(64, sizeof(*t));
     if (t == NULL)
         return NULL;
     memset(t, 0, sizeof(*t));
     t->nbuckets = buckets_for(max_keys);
-    t->seed = new_seed(t);
+    t->seed = sg_random_seed(t);
     atomic_init(&t->shards_allocated, 0);
     for (size_t i = 0; i < SG_RL_SHARDS; i++) {
         pthread_mutex_init(&t->shards[i].lock, NULL);
@@ -204,7 +185,7 @@ void sg_rl_table_free(struct sg_rl_table *t) {
 /* The stored form of a key hash; 0 marks an empty slot, so the one hash
  * that mixes to 0 shares a bucket with the one that mixes to 1. */
 static uint64_t stored_key(const struct sg_rl_table *t, uint64_t key_hash) {
-    uint64_t h = fmix64(key_hash ^ t->seed);
+    uint64_t h = sg_mix64(key_hash ^ t->seed);
     return h ? h : 1;
 }
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "pool/balance.h"
 #include "proxy/proxy.h"
 #include "ratelimit/gcra.h"
@@ -43,15 +44,6 @@ size_t sg_ratelimit_keys(void) {
 size_t sg_ratelimit_bytes(void) {
     struct sg_rl_table *t = atomic_load(&table);
     return t ? sg_rl_table_bytes(t) : 0;
-}
-
-/* splitmix64's finalizer: spreads rule id ^ value hash over every bit. */
-static uint64_t mix(uint64_t x) {
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
 }
 
 static const struct sg_rl_override *find(const struct sg_rl_override *t, size_t n, const char *v,
@@ -131,7 +123,7 @@ size_t sg__rl_items(const struct sg_route *route, const struct sg_conn *c,
             continue; /* no key: the rule does not apply */
         items[n].rule = r;
         items[n].rate = rate_of(r, msg, val, vl);
-        items[n].hash = mix(r->id ^ sg_hash64(val, vl));
+        items[n].hash = sg_mix64(r->id ^ sg_hash64(val, vl));
         items[n].val = val;
         items[n].vl = vl;
         n++;

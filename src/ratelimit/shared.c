@@ -102,14 +102,20 @@ static void go_local(const char *why) {
     }
 }
 
-/* Decides p locally (the budget passed, or Redis failed). */
-static void decide_local(struct sg_rl_pending *p) {
+/* Decides items here, with this gateway's share of each rate, in the
+ * fallback's own local buckets. */
+static void decide_here(const struct sg_route *route, const struct sg__rl_item *items, size_t n,
+                        struct sg_rl_verdict *v) {
     struct sg_rl_result res[SG_RL_MAX_RULES];
     size_t nres = 0;
+    sg__rl_local(items, n, sg_rl_shared_gateways(), FALLBACK_SALT, uv_hrtime() / 1000, res, &nres);
+    sg__rl_verdict(route, items, res, nres, v);
+}
+
+/* Decides p locally (the budget passed, or Redis failed). */
+static void decide_local(struct sg_rl_pending *p) {
     struct sg_rl_verdict v;
-    sg__rl_local(p->items, p->n, sg_rl_shared_gateways(), FALLBACK_SALT, uv_hrtime() / 1000, res,
-                 &nres);
-    sg__rl_verdict(p->route, p->items, res, nres, &v);
+    decide_here(p->route, p->items, p->n, &v);
     p->cb(p->c, &v);
 }
 
@@ -193,11 +199,7 @@ struct sg_rl_pending *sg_rl_shared_check(struct sg_worker *w, struct sg_redis *r
     if (n == 0 || now < local_until || !sg_redis_connected(r)) {
         if (n && now >= local_until)
             go_local("redis unreachable");
-        struct sg_rl_result res[SG_RL_MAX_RULES];
-        size_t nres = 0;
-        sg__rl_local(items, n, n ? sg_rl_shared_gateways() : 1, FALLBACK_SALT, uv_hrtime() / 1000,
-                     res, &nres);
-        sg__rl_verdict(route, items, res, nres, v);
+        decide_here(route, items, n, v);
         return NULL;
     }
     /* EVAL script n key... (T, burst)... */
@@ -240,11 +242,7 @@ struct sg_rl_pending *sg_rl_shared_check(struct sg_worker *w, struct sg_redis *r
     }
     struct sg_rl_pending *p = calloc(1, sizeof(*p));
     if (p == NULL) {
-        struct sg_rl_result res[SG_RL_MAX_RULES];
-        size_t nres = 0;
-        sg__rl_local(items, n, sg_rl_shared_gateways(), FALLBACK_SALT, uv_hrtime() / 1000, res,
-                     &nres);
-        sg__rl_verdict(route, items, res, nres, v);
+        decide_here(route, items, n, v);
         return NULL;
     }
     p->c = c;
@@ -258,11 +256,7 @@ struct sg_rl_pending *sg_rl_shared_check(struct sg_worker *w, struct sg_redis *r
         sg_config_unref(p->cfg);
         free(p);
         go_local("redis refused the command");
-        struct sg_rl_result res[SG_RL_MAX_RULES];
-        size_t nres = 0;
-        sg__rl_local(items, n, sg_rl_shared_gateways(), FALLBACK_SALT, uv_hrtime() / 1000, res,
-                     &nres);
-        sg__rl_verdict(route, items, res, nres, v);
+        decide_here(route, items, n, v);
         return NULL;
     }
     uv_timer_init(&w->loop, &p->timer);
