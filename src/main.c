@@ -17,6 +17,10 @@
 #include <string.h>
 #include <uv.h>
 
+#include "cache/cache.h"
+#include "cache/cache_admin.h"
+#include "cache/l2.h"
+#include "redis/pubsub.h"
 #include "admin/admin.h"
 #include "config/config.h"
 #include "core/log.h"
@@ -35,7 +39,8 @@ static uv_loop_t *loop;
 static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_timer_t shutdown_timer;
 static const char *config_path;
-static struct sg_config *running; /* what the workers run: derived by the autoscaler */
+static struct sg_config *running;      /* what the workers run: derived by the autoscaler */
+static struct sg_redis_sub *cache_sub; /* cache invalidations from other gateways */
 static int stopping;
 static struct sg_scaler *scaler;
 static struct sg_admin *admin;
@@ -74,6 +79,8 @@ static void finish(void *arg) {
         uv_close((uv_handle_t *)&registry_timer, NULL);
         sg_redis_free(redis);
     }
+    sg_redis_sub_free(cache_sub);
+    cache_sub = NULL;
     redis = NULL;
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
@@ -202,6 +209,9 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
         sg_health_apply(loop, running);
         if (admin)
             sg_admin_set_token(admin, running->admin.token);
+        sg_cache_reconfigure(running);
+        if (redis)
+            sg_cache_admin_set_redis(redis, running->cache.l2_ttl_ms);
         sg_log_info("reloaded %s", config_path);
     } else {
         sg_config_unref(ref);
@@ -222,6 +232,26 @@ static void on_registry(uv_timer_t *t) {
         sg_rl_shared_register(redis);
 }
 
+static void on_cache_message(void *arg, const char *data, size_t len) {
+    (void)arg;
+    sg_cache_on_message(data, len);
+}
+
+/* A gap in the subscription may have lost invalidations: the memory tier
+ * is dropped when it starts again (not the first time: it was empty). */
+static void on_cache_sub_state(void *arg, bool connected) {
+    (void)arg;
+    static bool was_up;
+    if (connected && was_up) {
+        sg_log_info("cache: invalidation channel back; the memory tier is dropped (messages "
+                    "may have been missed)");
+        sg_cache_purge_local('a', "", 0);
+    }
+    if (connected)
+        was_up = true;
+    sg_cache_admin_set_subscribed(connected);
+}
+
 /* The admin listener and the Redis link (start-up only). Returns 0 or -1. */
 static int start_control(const struct sg_config *cfg) {
     if (cfg->redis.enabled) {
@@ -231,6 +261,15 @@ static int start_control(const struct sg_config *cfg) {
             return -1;
         }
         sg_scaler_set_redis(scaler, redis, cfg->redis.lease_ttl_ms);
+        sg_cache_admin_set_redis(redis, cfg->cache.l2_ttl_ms);
+        char channel[256];
+        if (sg_cache_l2_channel(cfg->redis.prefix, channel, sizeof(channel)) > 0)
+            cache_sub = sg_redis_sub_new(loop, cfg->redis.host, cfg->redis.port, channel,
+                                         on_cache_message, on_cache_sub_state, NULL);
+        if (cache_sub == NULL) {
+            fprintf(stderr, "scalegate: cannot set up the cache invalidation channel\n");
+            return -1;
+        }
         uv_timer_init(loop, &registry_timer);
         uv_timer_start(&registry_timer, on_registry, 100, 1000);
         uv_unref((uv_handle_t *)&registry_timer);
@@ -245,6 +284,7 @@ static int start_control(const struct sg_config *cfg) {
             return -1;
         }
         sg_admin_add_handler(admin, "/api/v1/scaling/", sg_scaler_admin, scaler);
+        sg_admin_add_handler(admin, "/api/v1/cache/", sg_cache_admin, NULL);
         sg_log_info("admin API on %s (token from %s)", cfg->admin.listen.text,
                     cfg->admin.token_from ? cfg->admin.token_from : "?");
     }
@@ -304,6 +344,10 @@ int main(int argc, char **argv) {
     uv_signal_init(loop, &sig_hup);
     uv_timer_init(loop, &shutdown_timer);
     scaler = sg_scaler_new(loop, on_publish, NULL);
+    if (sg_cache_init(running) != 0) {
+        fprintf(stderr, "scalegate: cannot allocate the cache\n");
+        return 1;
+    }
     if (scaler == NULL || rate_limits_ready(running) != 0 || start_control(running) != 0) {
         sg_config_unref(running);
         return 1;
@@ -333,6 +377,7 @@ int main(int argc, char **argv) {
     uv_run(loop, UV_RUN_DEFAULT); /* close callbacks */
     sg_config_unref(running);
     sg_ratelimit_cleanup();
+    sg_cache_shutdown();
     uv_loop_close(loop);
     sg_log_info("stopped");
     return 0;

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -42,8 +43,11 @@ struct shard {
 };
 
 struct sg_cache_store {
-    size_t cap;
+    _Atomic size_t cap;
     uint64_t seed;
+    _Atomic uint64_t clock; /* last version handed out */
+    _Atomic uint64_t all;   /* version of the last invalidate_all */
+    _Atomic uint64_t stamps[SG_CACHE_GROUP_SLOTS];
     struct shard shards[SG_CACHE_SHARDS];
 };
 
@@ -90,6 +94,8 @@ struct sg_cache_entry *sg_cache_entry_new(uint64_t key_hash, const char *key, si
     e->expires_ms = expires_ms;
     e->stale_until_ms = stale_until_ms < expires_ms ? expires_ms : stale_until_ms;
     e->charge = charge;
+    e->group = 0;
+    e->version = 0;
     return e;
 }
 
@@ -223,7 +229,7 @@ void sg_cache_store_free(struct sg_cache_store *s) {
 int sg_cache_put(struct sg_cache_store *s, struct sg_cache_entry *e) {
     uint64_t h = mixed(s, e->key_hash);
     struct shard *sh = shard_of(s, h);
-    if (e->charge > sh->cap)
+    if (e->charge > atomic_load(&s->cap) / SG_CACHE_SHARDS)
         return -E2BIG;
     struct node *n = malloc(sizeof(*n));
     if (n == NULL)
@@ -243,6 +249,12 @@ int sg_cache_put(struct sg_cache_store *s, struct sg_cache_entry *e) {
             return -ENOMEM;
         }
         sh->nbuckets = MIN_BUCKETS;
+    }
+    if (e->charge > sh->cap) { /* the cap went down meanwhile */
+        pthread_mutex_unlock(&sh->lock);
+        sg_cache_entry_unref(e);
+        free(n);
+        return -E2BIG;
     }
     struct node **pp = find_locked(sh, h, e->key_hash, e->key, e->key_len);
     if (pp != NULL)
@@ -266,6 +278,52 @@ int sg_cache_put(struct sg_cache_store *s, struct sg_cache_entry *e) {
     return 0;
 }
 
+static bool invalidated(struct sg_cache_store *s, const struct sg_cache_entry *e) {
+    if (e->version == 0)
+        return false;
+    uint64_t stamp =
+        atomic_load_explicit(&s->stamps[e->group % SG_CACHE_GROUP_SLOTS], memory_order_acquire);
+    uint64_t all = atomic_load_explicit(&s->all, memory_order_acquire);
+    return e->version <= stamp || e->version <= all;
+}
+
+uint64_t sg_cache_version(struct sg_cache_store *s) {
+    return atomic_fetch_add_explicit(&s->clock, 1, memory_order_acq_rel) + 1;
+}
+
+/* Raises *slot to v (never lowers it: two invalidations that take their
+ * versions in one order and store them in the other keep the newer). */
+static void stamp_max(_Atomic uint64_t *slot, uint64_t v) {
+    uint64_t cur = atomic_load_explicit(slot, memory_order_relaxed);
+    while (cur < v && !atomic_compare_exchange_weak_explicit(slot, &cur, v, memory_order_release,
+                                                             memory_order_relaxed))
+        ;
+}
+
+void sg_cache_invalidate_group(struct sg_cache_store *s, uint64_t group) {
+    stamp_max(&s->stamps[group % SG_CACHE_GROUP_SLOTS], sg_cache_version(s));
+}
+
+void sg_cache_invalidate_all(struct sg_cache_store *s) {
+    stamp_max(&s->all, sg_cache_version(s));
+}
+
+void sg_cache_store_set_cap(struct sg_cache_store *s, size_t cap_bytes) {
+    atomic_store(&s->cap, cap_bytes);
+    for (size_t i = 0; i < SG_CACHE_SHARDS; i++) {
+        struct shard *sh = &s->shards[i];
+        struct node *dead = NULL;
+        pthread_mutex_lock(&sh->lock);
+        sh->cap = cap_bytes / SG_CACHE_SHARDS;
+        while (sh->bytes > sh->cap && sh->tail != NULL) {
+            take_out_locked(sh, link_of_locked(sh, sh->tail), &dead);
+            sh->evictions++;
+        }
+        pthread_mutex_unlock(&sh->lock);
+        release_nodes(dead);
+    }
+}
+
 struct sg_cache_entry *sg_cache_get(struct sg_cache_store *s, uint64_t key_hash, const char *key,
                                     size_t key_len, uint64_t now_ms) {
     uint64_t h = mixed(s, key_hash);
@@ -275,7 +333,7 @@ struct sg_cache_entry *sg_cache_get(struct sg_cache_store *s, uint64_t key_hash,
 
     pthread_mutex_lock(&sh->lock);
     struct node **pp = find_locked(sh, h, key_hash, key, key_len);
-    if (pp != NULL && now_ms >= (*pp)->e->stale_until_ms) {
+    if (pp != NULL && (now_ms >= (*pp)->e->stale_until_ms || invalidated(s, (*pp)->e))) {
         take_out_locked(sh, pp, &dead);
         sh->expired++;
     } else if (pp != NULL) {
@@ -340,7 +398,7 @@ void sg_cache_clear(struct sg_cache_store *s) {
 
 void sg_cache_stats(struct sg_cache_store *s, struct sg_cache_stats *out) {
     memset(out, 0, sizeof(*out));
-    out->cap = s->cap;
+    out->cap = atomic_load(&s->cap);
     for (size_t i = 0; i < SG_CACHE_SHARDS; i++) {
         struct shard *sh = &s->shards[i];
         pthread_mutex_lock(&sh->lock);

@@ -65,6 +65,8 @@ struct sg_cache_entry {
     char *data;              /* the stored response bytes (head + body), opaque to the store */
     size_t len;              /* bytes of data */
     size_t charge;           /* bytes counted against the cap: key_len + len + overhead */
+    uint64_t group;          /* invalidation group (0 from sg_cache_entry_new) */
+    uint64_t version;        /* from sg_cache_version; 0 (the default): never invalidated */
 };
 
 /* Makes an entry with refs 1, owned by the caller, copying key and data
@@ -74,6 +76,9 @@ struct sg_cache_entry {
 struct sg_cache_entry *sg_cache_entry_new(uint64_t key_hash, const char *key, size_t key_len,
                                           const char *data, size_t len, uint64_t stored_ms,
                                           uint64_t expires_ms, uint64_t stale_until_ms);
+
+/* group and version start at 0; the maker may set them before it shares
+ * the entry (puts it in a store or hands it to another thread). */
 
 /* Takes one more reference to e; any thread. */
 void sg_cache_entry_ref(struct sg_cache_entry *e);
@@ -109,9 +114,30 @@ size_t sg_cache_remove_prefix(struct sg_cache_store *s, const char *prefix, size
 /* Removes every entry. Thread-safe (shard by shard, as above). */
 void sg_cache_clear(struct sg_cache_store *s);
 
+/*
+ * Invalidation without a scan. The store keeps a version clock and
+ * SG_CACHE_GROUP_SLOTS stamps. sg_cache_version returns the next version
+ * (>= 1): take one when the response that becomes an entry is requested,
+ * and set it as the entry's version. sg_cache_invalidate_group stamps the
+ * group's slot (group % slots) with a new version; sg_cache_invalidate_all
+ * stamps every group. From then on a get drops (and counts as expired and
+ * missed) every entry of that slot whose version is not newer than the
+ * stamp: entries stored before, and entries requested before but stored
+ * after. Groups sharing a slot are invalidated together (a spurious miss,
+ * never a stale hit). Entries with version 0 are not affected.
+ */
+#define SG_CACHE_GROUP_SLOTS 16384
+uint64_t sg_cache_version(struct sg_cache_store *s);
+void sg_cache_invalidate_group(struct sg_cache_store *s, uint64_t group);
+void sg_cache_invalidate_all(struct sg_cache_store *s);
+
+/* Changes the cap (a reload); a lower one evicts least recently used
+ * entries at once until every shard fits. Thread-safe. */
+void sg_cache_store_set_cap(struct sg_cache_store *s, size_t cap_bytes);
+
 /* Counters since the store was made, summed over shards (each shard read
  * under its lock, so exact when nothing runs meanwhile): entries and bytes
- * (sum of charges) held now, cap as given to sg_cache_store_new (bytes <=
+ * (sum of charges) held now, cap (as last given to sg_cache_store_new or _set_cap; bytes <=
  * cap always), evictions (entries pushed out by the LRU to make room),
  * inserts (successful puts, replacements included), hits, misses (gets
  * returning NULL), expired (entries dropped by a get past stale_until_ms;

@@ -218,6 +218,9 @@ void sg__config_free(struct sg_config *c) {
             free(rl->classes);
         }
         free(r->rate_limits);
+        for (size_t j = 0; j < r->cache.nvary; j++)
+            free(r->cache.vary[j]);
+        free(r->cache.vary);
     }
     free(c->routes);
     free(c);

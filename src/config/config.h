@@ -185,6 +185,20 @@ struct sg_rl_rule {
     size_t nclasses;
 };
 
+/* A route's response cache ("cache" in a route). */
+struct sg_route_cache {
+    bool enabled;
+    uint64_t ttl_ms;                    /* freshness when the backend gives none (default 5m) */
+    char **vary;                        /* request header names in the key (lowercase) */
+    size_t nvary;                       /* at most 8 */
+    uint64_t stale_while_revalidate_ms; /* default 0: stale served while one request refreshes */
+    uint64_t stale_if_error_ms;         /* default 0: stale served when the backend fails */
+    uint64_t lock_timeout_ms;           /* default 5s: coalesced misses wait this for the first */
+    bool set_cookie;           /* store responses with Set-Cookie, without the field (false) */
+    bool authorization;        /* store answers to requests with Authorization (false) */
+    bool client_cache_control; /* honour the client's no-cache and max-age (true) */
+};
+
 struct sg_route {
     char *host;        /* NULL = any; exact match, case-insensitive, port ignored;
                           "*.example.com" matches any subdomain */
@@ -205,6 +219,7 @@ struct sg_route {
     uint32_t queue_size;         /* default 0: requests over max_in_flight that may wait */
     uint64_t queue_timeout_ms;   /* default 5s: waited longer -> 503 */
     _Atomic uint32_t *queued;    /* waiting now (shared like in_flight; mutable) */
+    struct sg_route_cache cache;
 };
 
 struct sg_limits {
@@ -238,6 +253,14 @@ struct sg_redis_cfg {
                                       locally (default 50ms) */
 };
 
+/* The response cache's process-wide settings (the top-level "cache"). */
+struct sg_cache_cfg {
+    uint64_t memory_bytes;     /* L1 cap (default 100MB) */
+    uint64_t max_object_size;  /* larger responses pass uncached (default 1MB) */
+    uint64_t l2_ttl_ms;        /* Redis tier lifetime (default 1h; 0: no Redis tier) */
+    uint64_t l2_timeout_ms;    /* a Redis tier answer later than this is a miss (default 50ms) */
+};
+
 struct sg_config {
     _Atomic int refs;
     struct sg_config *base; /* a derived snapshot: the one it shares everything else with */
@@ -252,6 +275,7 @@ struct sg_config {
     size_t nroutes;
     struct sg_admin_cfg admin;
     struct sg_redis_cfg redis;
+    struct sg_cache_cfg cache;
 };
 
 /* A pool's replacement primaries in a derived snapshot. */

@@ -58,6 +58,14 @@ void sg__cfg_build_redis(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
 void sg__cfg_build_rate_limit(struct sg__cfg_ctx *cx, struct sg_route *route, size_t route_idx,
                               const yaml_node_t *n, const char *path);
 
+/* The response cache (schema_cache.c): the top-level "cache" section (its
+ * defaults are set by sg__cfg_cache_defaults, also when it is absent) and a
+ * route's "cache" (true, false or a map). */
+void sg__cfg_cache_defaults(struct sg_cache_cfg *c);
+void sg__cfg_build_cache(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path);
+void sg__cfg_build_route_cache(struct sg__cfg_ctx *cx, struct sg_route *route, const yaml_node_t *n,
+                               const char *path);
+
 /* A listen address (schema.c): l->text set (normalised) on success. */
 void sg__cfg_listen_addr(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path,
                          struct sg_listen *l);

@@ -330,7 +330,7 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
     static const char *const names[] = {"match",         "pool",       "read_pool",
                                         "retryable",     "rate_limit", "rate_limit_headers",
                                         "max_in_flight", "queue_size", "queue_timeout",
-                                        "priority"};
+                                        "priority",      "cache"};
     enum {
         MATCH,
         POOL,
@@ -342,6 +342,7 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
         QUEUE_SIZE,
         QUEUE_TIMEOUT,
         PRIORITY,
+        CACHE,
         NROUTE
     };
     struct sg_config *c = arg;
@@ -408,6 +409,10 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
         if (sg__cfg_set_field(cx, &qf[k], qn, kp, r) && vals[MAX_IN_FLIGHT] == NULL)
             sg__cfg_error(cx, qn, kp, "needs max_in_flight (the queue is for requests over it)");
     }
+    if (vals[CACHE]) {
+        sg__cfg_path_key(kp, path, "cache");
+        sg__cfg_build_route_cache(cx, r, vals[CACHE], kp);
+    }
     sg__cfg_path_key(kp, path, "pool");
     if (vals[POOL] == NULL)
         sg__cfg_error(cx, n, kp, "required key is missing");
@@ -437,8 +442,8 @@ static void build_routes(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
 
 void sg__config_build(struct sg__cfg_ctx *cx) {
     static const char *const names[] = {"listen", "workers", "limits", "pools",
-                                        "routes", "admin",   "redis"};
-    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, ADMIN, REDIS, NROOT };
+                                        "routes", "admin",   "redis",  "cache"};
+    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, ADMIN, REDIS, CACHE, NROOT };
     struct sg_config *c = cx->cfg;
     yaml_node_t *vals[NROOT];
 
@@ -454,6 +459,7 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
         .max_header_bytes = 16 << 10,
         .max_body_bytes = 10 << 20,
     };
+    sg__cfg_cache_defaults(&c->cache);
 
     yaml_node_t *root = yaml_document_get_root_node(cx->doc);
     if (root == NULL) {
@@ -479,6 +485,8 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
         sg__cfg_build_admin(cx, vals[ADMIN], "admin");
     if (vals[REDIS])
         sg__cfg_build_redis(cx, vals[REDIS], "redis");
+    if (vals[CACHE])
+        sg__cfg_build_cache(cx, vals[CACHE], "cache");
     if (vals[POOLS])
         sg__cfg_build_pools(cx, vals[POOLS], "pools");
     else

@@ -63,6 +63,7 @@ struct sg_buf *sg_buf_get_size(size_t cap) {
     }
     b->next = NULL;
     b->start = b->end = 0;
+    b->held = 0;
     return b;
 }
 
@@ -70,9 +71,27 @@ struct sg_buf *sg_buf_get(void) {
     return sg_buf_get_size(SG_BUF_SIZE);
 }
 
+struct hold {
+    void (*release)(void *);
+    void *arg;
+};
+_Static_assert(sizeof(struct hold) <= SG_BUF_HOLD, "SG_BUF_HOLD fits a hold");
+
+void sg_buf_hold(struct sg_buf *b, void (*release)(void *), void *arg) {
+    struct hold h = {release, arg};
+    memcpy(b->data + b->cap - SG_BUF_HOLD, &h, sizeof(h));
+    b->held = 1;
+}
+
 void sg_buf_put(struct sg_buf *b) {
     if (!b)
         return;
+    if (b->held) {
+        struct hold h;
+        memcpy(&h, b->data + b->cap - SG_BUF_HOLD, sizeof(h));
+        b->held = 0;
+        h.release(h.arg);
+    }
     int k = class_of(b->cap);
     if (k < 0 || b->cap != class_cap[k] || free_count[k] >= class_keep[k]) {
         free(b);

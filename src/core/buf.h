@@ -25,7 +25,7 @@ struct sg_buf {
     uint32_t cap;        /* bytes in data[] */
     uint32_t start;      /* first pending byte */
     uint32_t end;        /* one past the last pending byte */
-    uint32_t pad;
+    uint32_t held;       /* 1: the last SG_BUF_HOLD bytes of data are a hold */
     char data[];
 };
 
@@ -36,7 +36,16 @@ struct sg_buf *sg_buf_get(void);
 /* A buffer of at least cap bytes, from the smallest class that fits. */
 struct sg_buf *sg_buf_get_size(size_t cap);
 
-/* Gives b back; NULL is ignored. */
+/*
+ * Makes b hold something owned elsewhere (a cache entry whose bytes a
+ * queued write points into): sg_buf_put(b) calls release(arg) once, on
+ * whichever thread puts b back. The hold takes SG_BUF_HOLD bytes at the
+ * end of data[], so b->end must stay <= b->cap - SG_BUF_HOLD.
+ */
+#define SG_BUF_HOLD 16
+void sg_buf_hold(struct sg_buf *b, void (*release)(void *), void *arg);
+
+/* Gives b back (releasing a hold); NULL is ignored. */
 void sg_buf_put(struct sg_buf *b);
 
 /* Frees this thread's free list (at thread exit). */

@@ -18,7 +18,7 @@ struct out {
 };
 
 static void put(struct out *o, const char *s, size_t n) {
-    if ((size_t)(o->end - o->p) < n) {
+    if (o->p > o->end || (size_t)(o->end - o->p) < n) {
         o->p = o->end + 1; /* overflow marker: checked by the caller */
         return;
     }

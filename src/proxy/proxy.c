@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "cache/cache.h"
 #include "core/log.h"
 #include "pool/balance.h"
 #include "pool/pool.h"
@@ -58,6 +59,8 @@ static void ex_free(struct sg_worker *w, struct sg_exchange *ex) {
     uncount(ex);
     if (ex->route_slot)
         atomic_fetch_sub_explicit(ex->route_slot, 1, memory_order_relaxed);
+    sg_cache_req_free(ex->creq);
+    ex->creq = NULL;
     sg_buf_put(ex->extra_hdr);
     sg_buf_put(ex->head);
     sg_buf_put(ex->replay);
@@ -78,10 +81,28 @@ static uint64_t now_ms(struct sg_exchange *ex) {
     return uv_now(&ex->client->w->loop);
 }
 
+/* The backend failed and the cache has a copy within stale-if-error: the
+ * exchange ends and the copy answers the request. */
+static void serve_stale(struct sg_exchange *ex) {
+    struct sg_conn *c = ex->client;
+    struct sg_cache_req *q = ex->creq;
+    ex->creq = NULL;
+    bool keep = ex->keep_client && ex->req_done;
+    bool http10 = ex->client_http10, head_only = ex->method == SG_METHOD_HEAD;
+    if (ex->req_ready && c->rbuf)
+        c->rbuf->start += ex->req_ready;
+    sg_proxy_abort(c);
+    sg_cache_serve_stale(c, q, keep, http10, head_only);
+}
+
 /* The gateway answers status instead of the backend (or, when part of the
  * response was already sent, cuts the client connection). */
 static void fail(struct sg_exchange *ex, int status) {
     struct sg_conn *c = ex->client;
+    if (!ex->resp_started && status >= 500 && ex->creq && sg_cache_stale_usable(ex->creq, c->w)) {
+        serve_stale(ex);
+        return;
+    }
     if (ex->resp_started)
         sg_conn_close(c);
     else
@@ -418,10 +439,19 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
     ex->cfg = sg_config_ref(w->cfg);
     ex->pool = pool;
     ex->start_ms = now_ms(ex);
-    if (extra_hdr && extra_len) {
-        ex->extra_hdr = sg_buf_get_size(extra_len);
-        memcpy(ex->extra_hdr->data, extra_hdr, extra_len);
-        ex->extra_hdr->end = (uint32_t)extra_len;
+    ex->creq = c->creq;
+    c->creq = NULL;
+    static const char miss[] = "X-Cache: MISS\r\n";
+    size_t miss_len = route->cache.enabled &&
+                              (msg->method_id == SG_METHOD_GET || msg->method_id == SG_METHOD_HEAD)
+                          ? sizeof(miss) - 1
+                          : 0;
+    if ((extra_hdr && extra_len) || miss_len) {
+        ex->extra_hdr = sg_buf_get_size(extra_len + miss_len);
+        if (extra_len)
+            memcpy(ex->extra_hdr->data, extra_hdr, extra_len);
+        memcpy(ex->extra_hdr->data + extra_len, miss, miss_len);
+        ex->extra_hdr->end = (uint32_t)(extra_len + miss_len);
     }
     if (wait) {
         ex->queued = 1;
@@ -607,6 +637,8 @@ static void release_upstream(struct sg_exchange *ex) {
 
 static void response_done(struct sg_exchange *ex) {
     ex->resp_done = 1;
+    if (ex->creq)
+        sg_cache_on_done(ex->creq, ex->client->w);
     release_upstream(ex);
     if (ex->client->writes == 0)
         finish_client(ex);
@@ -670,6 +702,9 @@ static void forward_response(struct sg_exchange *ex, struct sg_buf *rh) {
     }
     if (done && consumed < avail)
         ex->up_reusable = 0; /* bytes after the response: not HTTP we understand */
+    if (ex->creq && payload)
+        sg_cache_on_body(ex->creq, b->data + b->start, payload,
+                         ex->resp_body == SG_BODY_CHUNKED && !ex->decode);
     uv_buf_t bufs[2];
     unsigned n = 0;
     if (rh)
@@ -765,9 +800,14 @@ void sg__proxy_upstream_data(struct sg_exchange *ex) {
         if (b->start == b->end)
             return;
     }
-    ex->resp_started = 1;
     sg_pool_report(ex->pool, ex->server_idx, msg.status >= 500 ? SG_OUTCOME_5XX : SG_OUTCOME_OK);
     sg_server_observe(sg_server_state(ex->server->id), now_ms(ex) - ex->start_ms);
+    if (ex->creq && msg.status != 101 && sg_cache_on_response(ex->creq, w, &msg)) {
+        ex->up_reusable = 0;
+        serve_stale(ex); /* a 5xx, and a copy within stale-if-error */
+        return;
+    }
+    ex->resp_started = 1;
     if (ex->head && !up->writing) {
         sg_buf_put(ex->head);
         ex->head = NULL;

@@ -20,6 +20,7 @@
  * redisAsyncFree, and hiredis frees a context itself after a failed connect
  * or a lost connection (we learn it in on_connected / on_disconnected), so
  * r->ac is cleared before any call that may free the context.
+ * The glue's functions are shared with the subscriber (redis_int.h).
  *
  * r itself is freed in the close callback of the last of its handles (three
  * timers, plus the poll handle of each context being torn down), once the
@@ -49,6 +50,7 @@
 
 #include "core/list.h"
 #include "core/log.h"
+#include "redis/redis_int.h"
 
 enum link_state {
     LINK_IDLE = 0,   /* no connection; r->timer is the retry (backoff) */
@@ -126,7 +128,9 @@ struct req {
 struct link_io {
     uv_poll_t poll;
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
-    struct sg_redis *r;
+    void *owner;           /* the struct sg_redis (or sg_redis_sub) */
+    void (*closing)(void *owner);
+    void (*closed)(void *owner);
     int events;
 };
 
@@ -193,32 +197,38 @@ static void close_done(struct sg_redis *r) {
 
 static void io_closed(uv_handle_t *h) {
     struct link_io *io = h->data;
-    struct sg_redis *r = io->r;
+    void *owner = io->owner;
+    void (*closed)(void *) = io->closed;
     free(io);
-    close_done(r);
+    if (closed)
+        closed(owner);
 }
 
 /* hiredis is freeing the context (it closes the socket right after). */
 static void io_cleanup(void *p) {
     struct link_io *io = p;
     io->ac = NULL;
-    io->r->pending_closes++;
+    if (io->closing)
+        io->closing(io->owner);
     uv_close((uv_handle_t *)&io->poll, io_closed);
 }
 
-/* Hooks ac's socket into r's loop. Returns 0 or a negative errno. */
-static int io_attach(struct sg_redis *r, redisAsyncContext *ac) {
+/* Hooks ac's socket into loop (see redis_int.h). */
+int sg__redis_io_attach(uv_loop_t *loop, redisAsyncContext *ac, void *owner,
+                        void (*closing)(void *owner), void (*closed)(void *owner)) {
     struct link_io *io = calloc(1, sizeof(*io));
     if (!io)
         return -ENOMEM;
-    int rc = uv_poll_init(r->loop, &io->poll, ac->c.fd);
+    int rc = uv_poll_init(loop, &io->poll, ac->c.fd);
     if (rc != 0) { /* nothing was registered with the loop */
         free(io);
         return rc;
     }
     io->poll.data = io;
     io->ac = ac;
-    io->r = r;
+    io->owner = owner;
+    io->closing = closing;
+    io->closed = closed;
     ac->ev.data = io;
     ac->ev.addRead = io_add_read;
     ac->ev.delRead = io_del_read;
@@ -226,6 +236,16 @@ static int io_attach(struct sg_redis *r, redisAsyncContext *ac) {
     ac->ev.delWrite = io_del_write;
     ac->ev.cleanup = io_cleanup;
     return 0;
+}
+
+/* The link's side of its glue: a poll handle closing holds r. */
+static void link_io_closing(void *p) {
+    struct sg_redis *r = p;
+    r->pending_closes++;
+}
+
+static void link_io_closed(void *p) {
+    close_done(p);
 }
 
 /* ---- completions ---- */
@@ -422,7 +442,7 @@ static void connect_addr(struct sg_redis *r, const char *addr) {
         link_down(r, why);
         return;
     }
-    int rc = io_attach(r, ac);
+    int rc = sg__redis_io_attach(r->loop, ac, r, link_io_closing, link_io_closed);
     if (rc != 0) {
         snprintf(why, sizeof(why), "cannot poll the socket: %s", uv_strerror(rc));
         redisAsyncFree(ac);
@@ -670,6 +690,10 @@ const char *sg_redis_node_id(const struct sg_redis *r) {
 
 const char *sg_redis_prefix(const struct sg_redis *r) {
     return r->prefix;
+}
+
+uv_loop_t *sg__redis_loop(const struct sg_redis *r) {
+    return r->loop;
 }
 
 static void on_handle_closed(uv_handle_t *h) {

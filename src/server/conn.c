@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/cache.h"
 #include "core/io.h"
 #include "core/log.h"
 #include "pool/state.h"
@@ -148,6 +149,7 @@ static void really_close(struct sg_conn *c) {
         sg_rl_shared_drop(c->rl_pending);
         c->rl_pending = NULL;
     }
+    sg_cache_conn_drop(c);
     c->reading = 0;
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
@@ -374,6 +376,13 @@ static bool enter_wait(struct sg_conn *c, const struct sg_route *route, bool aga
     return true;
 }
 
+void sg_conn_resume(struct sg_conn *c) {
+    sg_conn_set_state(c, SG_CONN_HEAD);
+    if (!c->peer_eof)
+        sg_conn_read_start(c);
+    process_heads(c);
+}
+
 void sg_conn_wait_run(uv_check_t *h) {
     struct sg_worker *w = h->data;
     struct sg_list *head = &w->conns[SG_CONN_WAIT];
@@ -524,6 +533,23 @@ static bool process_one(struct sg_conn *c) {
         }
     }
     bool waited = leave_wait(c);
+    if (route->cache.enabled) {
+        switch (sg_cache_request(c, &msg, (size_t)r, route, path, path_len, host, host_len,
+                                 v && v->hdr_len ? v->hdr : NULL, v ? v->hdr_len : 0)) {
+        case SG_CACHE_ANSWERED:
+            return true;
+        case SG_CACHE_DONE:
+            return false;
+        case SG_CACHE_WAIT: /* parsed again on wake: keep the rate-limit verdict */
+            if (v && c->rl_verdict == NULL) {
+                c->rl_verdict = sg_xmalloc(sizeof(*v));
+                memcpy(c->rl_verdict, v, sizeof(*v));
+            }
+            return false;
+        case SG_CACHE_PASS:
+            break;
+        }
+    }
     if (route->max_in_flight) {
         uint32_t now_in = atomic_fetch_add(route->in_flight, 1);
         if (now_in >= route->max_in_flight) {
@@ -540,6 +566,12 @@ static bool process_one(struct sg_conn *c) {
     if (status) {
         if (route->max_in_flight)
             atomic_fetch_sub(route->in_flight, 1);
+        enum sg_cache_verdict fv = sg_cache_fallback(c, status);
+        if (fv == SG_CACHE_ANSWERED)
+            return true;
+        if (fv == SG_CACHE_DONE)
+            return false;
+        sg_cache_conn_drop(c);
         sg_conn_error(c, status);
     }
     return false;
@@ -624,6 +656,15 @@ void sg_conn_sweep(struct sg_worker *w, uint64_t now) {
         sg_log_warn("conn %u.%u: waited queue_timeout for a slot under max_in_flight: 503",
                     w->index, c->id);
         sg_conn_error(c, 503);
+    }
+    /* FILL: past lock_timeout (or the Redis budget), the head goes on */
+    struct sg_list *fh = &w->conns[SG_CONN_FILL];
+    for (struct sg_list *it = fh->next, *next; it != fh; it = next) {
+        next = it->next;
+        struct sg_conn *c = sg_container_of(it, struct sg_conn, link);
+        if (c->deadline > now || c->closed)
+            continue;
+        sg_cache_wait_timeout(c);
     }
     static const enum sg_conn_state scanned[] = {SG_CONN_PROXY, SG_CONN_TUNNEL, SG_CONN_CLOSING};
     for (size_t i = 0; i < 3; i++) {

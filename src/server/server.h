@@ -31,6 +31,7 @@ enum sg_conn_state {
     SG_CONN_TUNNEL,   /* upgraded (WebSocket): bytes relayed both ways, idle_timeout */
     SG_CONN_CLOSING,  /* last answer being written, then a lingering close */
     SG_CONN_WAIT,     /* a head parsed, waiting for a slot under max_in_flight: queue_timeout */
+    SG_CONN_FILL,     /* a head parsed, waiting for the cache (a fill, Redis): lock_timeout */
     SG_CONN_STATE_COUNT
 };
 
@@ -59,10 +60,12 @@ struct sg_conn {
     struct sg_rl_verdict *rl_verdict; /* its answer, for the head parsed again (owned) */
     _Atomic uint32_t *wait_slot;      /* the route's queued count this conn is in, or NULL */
     uint64_t wait_deadline;           /* WAIT: when it gets 503 */
+    struct sg_cache_req *creq;        /* the request's cache state (owned), or NULL */
 };
 
 struct sg_rl_pending;
 struct sg_rl_verdict;
+struct sg_cache_req;
 struct sg_redis;
 
 struct sg_listener {
@@ -109,8 +112,9 @@ struct sg_worker {
     int *cmd_fds;              /* reload: fd per cmd_cfg->listen entry, -1 = keep ours */
     bool cmd_stop;
     bool cmd_force;
-    bool exited;            /* the worker's loop is gone: send no more commands */
-    struct sg_redis *redis; /* this worker's link for shared rate limits, or NULL */
+    bool exited;             /* the worker's loop is gone: send no more commands */
+    struct sg_redis *redis;  /* this worker's link for shared rate limits, or NULL */
+    _Atomic bool cache_wake; /* a cache fill finished: look at conns[SG_CONN_FILL] */
 };
 
 /* Process-wide count of client connections (for limits.max_connections). */
@@ -134,6 +138,8 @@ int sg_conn_write(struct sg_conn *c, const uv_buf_t *bufs, unsigned n, struct sg
 void sg_conn_read_start(struct sg_conn *c);
 void sg_conn_read_stop(struct sg_conn *c);
 void sg_conn_sweep(struct sg_worker *w, uint64_t now);
+/* Processes the head at the front of c's rbuf again (after a wait). */
+void sg_conn_resume(struct sg_conn *c);
 /* Retries the connections waiting for a slot under max_in_flight. */
 void sg_conn_wait_run(uv_check_t *h);
 void sg_conn_close_idle(struct sg_worker *w);

@@ -21,6 +21,9 @@
 
 #include "core/log.h"
 #include "proxy/proxy.h"
+#include "cache/cache.h"
+#include "cache/fill.h"
+#include "cache/refresh.h"
 #include "redis/redis.h"
 #include "server/server.h"
 
@@ -147,6 +150,7 @@ void sg_worker_maybe_finish(struct sg_worker *w) {
     if (w->nupstreams > 0)
         return;
     w->finished = true;
+    sg_cache_refresh_stop_all(w); /* background cache refreshes end with the worker */
     /* From now on the main thread must not signal us: our async handle and
      * loop are going away. */
     uv_mutex_lock(&w->cmd_lock);
@@ -193,6 +197,8 @@ static void force_close(struct sg_worker *w) {
 
 static void on_command(uv_async_t *a) {
     struct sg_worker *w = a->data;
+    if (atomic_exchange(&w->cache_wake, false))
+        sg_cache_worker_wake(w);
     uv_mutex_lock(&w->cmd_lock);
     struct sg_config *cfg = w->cmd_cfg;
     int *fds = w->cmd_fds;
@@ -301,6 +307,18 @@ static int *open_all(struct sg_config *cfg, const struct sg_config *old) {
     return fds;
 }
 
+/* A cache fill finished with waiters on worker idx (any thread). */
+static void cache_wake(unsigned idx) {
+    if (idx >= proc.nworkers)
+        return;
+    struct sg_worker *w = &proc.workers[idx];
+    atomic_store(&w->cache_wake, true);
+    uv_mutex_lock(&w->cmd_lock);
+    if (!w->exited)
+        uv_async_send(&w->async);
+    uv_mutex_unlock(&w->cmd_lock);
+}
+
 int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done)(void)) {
     proc.main_loop = main_loop;
     proc.all_done = all_done;
@@ -312,6 +330,7 @@ int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done
         proc.workers = NULL;
         return -1;
     }
+    sg_cache_fill_wake = cache_wake;
     uv_async_init(main_loop, &proc.done_async, on_worker_done);
     uv_unref((uv_handle_t *)&proc.done_async);
     proc.cfg = sg_config_ref(cfg);

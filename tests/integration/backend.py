@@ -36,6 +36,8 @@ Behaviour, selected by the request path (query string after "?"):
   /eof-body?n=N  response without Content-Length/chunked: eof_body(N), then close
   /stall         promises Content-Length: 100000, sends 1000 bytes, then stalls
   /hop           echoes, adding hop-by-hop response headers
+  /sized?n=N     200 with a body of exactly N bytes (the target repeated)
+  ?h=Name:Value  (any echo path, repeatable) adds that response header
   HEAD           same headers as GET (Content-Length), no body
   Expect: 100-continue  -> "100 Continue" sent before the body is read
   Upgrade: websocket    -> 101 + Sec-WebSocket-Accept, then frame echo
@@ -424,6 +426,17 @@ class Backend:
             except OSError:
                 pass
             return False
+        # h=Name:Value (repeatable): extra response header fields, for the
+        # cache tests (Cache-Control, Vary, Set-Cookie, ETag, ...).
+        extra += [v for k, v in urllib.parse.parse_qsl(query) if k == "h"]
+        if path == "/sized":
+            n = int(q.get("n", "1000"))
+            fill = (target.encode() * (n // max(1, len(target)) + 1))[:n]
+            hdr = "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend: %s\r\n" % (n, self.name)
+            for e in extra:
+                hdr += e + "\r\n"
+            s.sendall(hdr.encode() + b"\r\n" + (b"" if is_head else fill))
+            return keep
         if path == "/bighead":
             extra.append("X-Big: " + "h" * (int(q.get("kb", "8")) * 1024))
         if path == "/close":

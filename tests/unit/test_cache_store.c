@@ -401,6 +401,296 @@ static void test_threads(void **state) {
     sg_cache_store_free(s);
 }
 
+/* ---- invalidation without a scan; cap changes ---------------------------- */
+
+/* Puts key with group and version; returns sg_cache_put's result. */
+static int put_gv(struct sg_cache_store *s, const char *key, uint64_t group, uint64_t version) {
+    struct sg_cache_entry *e =
+        sg_cache_entry_new(hash(key, strlen(key)), key, strlen(key), "d", 1, T0, NEVER, NEVER);
+    assert_non_null(e);
+    e->group = group;
+    e->version = version;
+    int rc = sg_cache_put(s, e);
+    sg_cache_entry_unref(e);
+    return rc;
+}
+
+#define NVERS 20000
+
+struct vworker {
+    struct sg_cache_store *s;
+    uint64_t v[NVERS];
+};
+
+static void *take_versions(void *arg) {
+    struct vworker *w = arg;
+    for (int i = 0; i < NVERS; i++)
+        w->v[i] = sg_cache_version(w->s);
+    return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_version_monotonic(void **state) {
+    (void)state;
+    struct sg_cache_store *s = sg_cache_store_new(1 << 20);
+    uint64_t prev = sg_cache_version(s);
+    assert_true(prev >= 1);
+    for (int i = 0; i < 1000; i++) {
+        uint64_t v = sg_cache_version(s);
+        assert_true(v > prev);
+        prev = v;
+        if (i % 100 == 0) { /* invalidations take versions from the same clock */
+            sg_cache_invalidate_group(s, (uint64_t)i);
+            sg_cache_invalidate_all(s);
+        }
+    }
+    /* another store has its own clock */
+    struct sg_cache_store *s2 = sg_cache_store_new(1 << 20);
+    assert_true(sg_cache_version(s2) >= 1);
+    assert_true(sg_cache_version(s2) < prev);
+    sg_cache_store_free(s2);
+
+    /* four threads: every version handed out once, each thread's increasing */
+    static struct vworker w[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        w[i].s = s;
+        assert_int_equal(pthread_create(&t[i], NULL, take_versions, &w[i]), 0);
+    }
+    static uint64_t all[4 * NVERS];
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        for (int j = 0; j < NVERS; j++) {
+            assert_true(w[i].v[j] > prev);
+            if (j > 0)
+                assert_true(w[i].v[j] > w[i].v[j - 1]);
+            all[i * NVERS + j] = w[i].v[j];
+        }
+    }
+    qsort(all, 4 * NVERS, sizeof(all[0]), cmp_u64);
+    for (int i = 1; i < 4 * NVERS; i++)
+        assert_true(all[i] > all[i - 1]);
+    assert_true(sg_cache_version(s) > all[4 * NVERS - 1]);
+    sg_cache_store_free(s);
+}
+
+static void test_invalidate_group(void **state) {
+    (void)state;
+    struct sg_cache_store *s = sg_cache_store_new(1 << 20);
+    const uint64_t g = 7;
+    assert_int_equal(put_gv(s, "/g/old", g, sg_cache_version(s)), 0);
+    assert_int_equal(put_gv(s, "/g/older", g, sg_cache_version(s)), 0);
+    assert_int_equal(put_gv(s, "/g/zero", g, 0), 0); /* version 0: never invalidated */
+    assert_int_equal(put_gv(s, "/other", g + 1, sg_cache_version(s)), 0);
+    /* a group sharing g's slot is invalidated with it (documented) */
+    assert_int_equal(put_gv(s, "/same-slot", g + SG_CACHE_GROUP_SLOTS, sg_cache_version(s)), 0);
+    sg_cache_invalidate_group(s, g);
+    assert_int_equal(put_gv(s, "/g/new", g, sg_cache_version(s)), 0); /* newer: stays */
+
+    struct sg_cache_stats st0, st;
+    sg_cache_stats(s, &st0);
+    assert_int_equal(st0.entries, 6);
+    assert_false(has(s, "/g/old"));
+    assert_false(has(s, "/g/older"));
+    assert_false(has(s, "/same-slot"));
+    assert_true(has(s, "/g/zero"));
+    assert_true(has(s, "/other"));
+    assert_true(has(s, "/g/new"));
+    sg_cache_stats(s, &st);
+    assert_int_equal(st.expired, st0.expired + 3);
+    assert_int_equal(st.misses, st0.misses + 3);
+    assert_int_equal(st.hits, st0.hits + 3);
+    assert_int_equal(st.entries, 3); /* the invalidated ones were dropped */
+    /* once dropped, a get is a plain miss */
+    assert_false(has(s, "/g/old"));
+    sg_cache_stats(s, &st0);
+    assert_int_equal(st0.expired, st.expired);
+    assert_int_equal(st0.misses, st.misses + 1);
+
+    /* stored again with a new version: a hit */
+    assert_int_equal(put_gv(s, "/g/old", g, sg_cache_version(s)), 0);
+    assert_true(has(s, "/g/old"));
+    /* a second invalidation catches the entries stored after the first */
+    sg_cache_invalidate_group(s, g);
+    assert_false(has(s, "/g/old"));
+    assert_false(has(s, "/g/new"));
+    assert_true(has(s, "/g/zero"));
+    assert_true(has(s, "/other"));
+    /* group 0 with versions is a group like any other */
+    assert_int_equal(put_gv(s, "/zero-group", 0, sg_cache_version(s)), 0);
+    assert_true(has(s, "/zero-group"));
+    sg_cache_invalidate_group(s, 0);
+    assert_false(has(s, "/zero-group"));
+    assert_true(has(s, "/g/zero"));
+    assert_true(has(s, "/other"));
+    /* an invalidated entry held by a reader stays readable */
+    assert_int_equal(put_gv(s, "/held", g, sg_cache_version(s)), 0);
+    struct sg_cache_entry *e = get(s, "/held", T0);
+    assert_non_null(e);
+    sg_cache_invalidate_group(s, g);
+    assert_false(has(s, "/held"));
+    assert_string_equal(e->key, "/held");
+    assert_memory_equal(e->data, "d", 1);
+    assert_int_equal(atomic_load(&e->refs), 1);
+    sg_cache_entry_unref(e);
+    sg_cache_store_free(s);
+}
+
+static void test_invalidate_all(void **state) {
+    (void)state;
+    struct sg_cache_store *s = sg_cache_store_new(1 << 20);
+    char key[32];
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "/all/%d", i);
+        assert_int_equal(put_gv(s, key, (uint64_t)i * 977, sg_cache_version(s)), 0);
+    }
+    assert_int_equal(put_gv(s, "/all/zero", 5, 0), 0);
+    sg_cache_invalidate_all(s);
+    assert_int_equal(put_gv(s, "/all/after", 5, sg_cache_version(s)), 0);
+    struct sg_cache_stats st0, st;
+    sg_cache_stats(s, &st0);
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "/all/%d", i);
+        assert_false(has(s, key));
+    }
+    assert_true(has(s, "/all/zero"));
+    assert_true(has(s, "/all/after"));
+    sg_cache_stats(s, &st);
+    assert_int_equal(st.expired, st0.expired + 50);
+    assert_int_equal(st.misses, st0.misses + 50);
+    assert_int_equal(st.entries, 2);
+    /* a group invalidation later does not resurrect or undo anything */
+    sg_cache_invalidate_group(s, 5);
+    assert_false(has(s, "/all/after"));
+    assert_true(has(s, "/all/zero"));
+    assert_int_equal(put_gv(s, "/all/1", 977, sg_cache_version(s)), 0);
+    assert_true(has(s, "/all/1"));
+    sg_cache_store_free(s);
+}
+
+/* A version taken when the request went out, an invalidation meanwhile,
+ * the entry put after it: the entry is already invalid. */
+static void test_version_before_invalidation(void **state) {
+    (void)state;
+    struct sg_cache_store *s = sg_cache_store_new(1 << 20);
+    const uint64_t g = 42;
+    uint64_t v = sg_cache_version(s);
+    uint64_t v_other = sg_cache_version(s);
+    sg_cache_invalidate_group(s, g);
+    assert_int_equal(put_gv(s, "/late", g, v), 0); /* the put itself succeeds */
+    assert_int_equal(put_gv(s, "/late-other", g + 1, v_other), 0);
+    struct sg_cache_stats st0, st;
+    sg_cache_stats(s, &st0);
+    assert_false(has(s, "/late"));
+    assert_true(has(s, "/late-other")); /* another group: unaffected */
+    sg_cache_stats(s, &st);
+    assert_int_equal(st.expired, st0.expired + 1);
+    /* the same with invalidate_all */
+    v = sg_cache_version(s);
+    sg_cache_invalidate_all(s);
+    uint64_t v_after = sg_cache_version(s);
+    assert_int_equal(put_gv(s, "/late2", 9, v), 0);
+    assert_int_equal(put_gv(s, "/early", 9, v_after), 0);
+    assert_false(has(s, "/late2"));
+    assert_true(has(s, "/early"));
+    assert_false(has(s, "/late-other")); /* stored before invalidate_all */
+    sg_cache_store_free(s);
+}
+
+static void test_set_cap(void **state) {
+    (void)state;
+    const size_t cap = SG_CACHE_SHARDS * 16384; /* 1 MiB */
+    struct sg_cache_store *s = sg_cache_store_new(cap);
+    char data[OBJ], key[32];
+    memset(data, 'c', sizeof(data));
+    for (int i = 0; i < 600; i++) {
+        snprintf(key, sizeof(key), "/cap/%d", i);
+        assert_int_equal(put(s, key, data, OBJ, NEVER, NEVER), 0);
+    }
+    assert_int_equal(put(s, "hot", data, OBJ, NEVER, NEVER), 0);
+    /* readers of two of the last puts (the most recent of their shards) */
+    struct sg_cache_entry *held = get(s, "/cap/599", T0);
+    struct sg_cache_entry *held2 = get(s, "/cap/598", T0);
+    struct sg_cache_entry *hot = get(s, "hot", T0); /* hot: the most recent of its shard */
+    assert_non_null(held);
+    assert_non_null(held2);
+    assert_non_null(hot);
+    sg_cache_entry_unref(hot);
+    struct sg_cache_stats st0, st;
+    sg_cache_stats(s, &st0);
+    assert_true(st0.entries > 400);
+    assert_int_equal(st0.cap, cap);
+
+    /* lower: at most one 1000-byte entry a shard */
+    const size_t low = SG_CACHE_SHARDS * 2048;
+    sg_cache_store_set_cap(s, low);
+    sg_cache_stats(s, &st);
+    assert_int_equal(st.cap, low);
+    assert_true(st.bytes <= low);
+    assert_true(st.entries <= SG_CACHE_SHARDS);
+    assert_true(st.entries > 0);
+    assert_int_equal(st.evictions, st0.evictions + (st0.entries - st.entries));
+    assert_true(has(s, "hot"));
+    /* walk every key: entries and bytes agree with the stats */
+    uint64_t found = 1, bytes = 0;
+    struct sg_cache_entry *e = get(s, "hot", T0);
+    bytes += e->charge;
+    sg_cache_entry_unref(e);
+    for (int i = 0; i < 600; i++) {
+        snprintf(key, sizeof(key), "/cap/%d", i);
+        e = get(s, key, T0);
+        if (e) {
+            found++;
+            bytes += e->charge;
+        }
+        sg_cache_entry_unref(e);
+    }
+    assert_int_equal(found, st.entries);
+    assert_int_equal(bytes, st.bytes);
+    /* readers keep evicted entries */
+    for (size_t i = 0; i < OBJ; i++)
+        assert_int_equal(held->data[i], 'c');
+    sg_cache_entry_unref(held);
+    sg_cache_entry_unref(held2);
+
+    /* a put after lowering: too big for the new share is refused */
+    static char big[65536];
+    assert_int_equal(put(s, "big", big, 3000, NEVER, NEVER), -E2BIG);
+    assert_int_equal(put(s, "small", big, 100, NEVER, NEVER), 0);
+    assert_true(has(s, "small"));
+
+    /* raise: nothing evicted, bigger entries let in */
+    sg_cache_stats(s, &st0);
+    const size_t high = SG_CACHE_SHARDS * 65536;
+    sg_cache_store_set_cap(s, high);
+    sg_cache_stats(s, &st);
+    assert_int_equal(st.cap, high);
+    assert_int_equal(st.entries, st0.entries);
+    assert_int_equal(st.evictions, st0.evictions);
+    assert_int_equal(put(s, "big", big, 3000, NEVER, NEVER), 0);
+    assert_int_equal(put(s, "bigger", big, 32768, NEVER, NEVER), 0);
+    assert_true(has(s, "big"));
+    assert_true(has(s, "bigger"));
+    assert_int_equal(put(s, "too-big", big, 65536, NEVER, NEVER), -E2BIG);
+
+    /* zero: everything goes, nothing gets in; then back */
+    sg_cache_store_set_cap(s, 0);
+    sg_cache_stats(s, &st);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.bytes, 0);
+    assert_int_equal(st.cap, 0);
+    assert_int_equal(put(s, "k", "", 0, NEVER, NEVER), -E2BIG);
+    assert_false(has(s, "hot"));
+    sg_cache_store_set_cap(s, cap);
+    assert_int_equal(put(s, "k", "v", 1, NEVER, NEVER), 0);
+    assert_true(has(s, "k"));
+    sg_cache_store_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_replace_remove),
@@ -411,6 +701,11 @@ int main(void) {
         cmocka_unit_test(test_remove_prefix_and_clear),
         cmocka_unit_test(test_hash_collisions),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_version_monotonic),
+        cmocka_unit_test(test_invalidate_group),
+        cmocka_unit_test(test_invalidate_all),
+        cmocka_unit_test(test_version_before_invalidation),
+        cmocka_unit_test(test_set_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

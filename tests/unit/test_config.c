@@ -1479,6 +1479,215 @@ static void test_server_ids_stable(void **state) {
     sg_config_unref(b);
 }
 
+/* ---- response cache ---------------------------------------------------------------- */
+
+/* No cache section: the top-level defaults are set all the same, and no
+ * route caches (neither a listed one nor the implicit one of a lone pool). */
+static void test_cache_defaults(void **state) {
+    (void)state;
+    static const char *const yamls[] = {
+        BASE "routes:\n  - pool: app\n", BASE, /* no routes: one implicit route */
+    };
+    for (size_t i = 0; i < N(yamls); i++) {
+        struct sg_config *c = load_ok(yamls[i]);
+        assert_int_equal(c->cache.memory_bytes, 100ull << 20);
+        assert_int_equal(c->cache.max_object_size, 1ull << 20);
+        assert_int_equal(c->cache.l2_ttl_ms, 3600 * 1000);
+        assert_int_equal(c->cache.l2_timeout_ms, 50);
+        assert_int_equal(c->nroutes, 1);
+        assert_false(c->routes[0].cache.enabled);
+        assert_null(c->routes[0].cache.vary);
+        assert_int_equal(c->routes[0].cache.nvary, 0);
+        sg_config_unref(c);
+    }
+    /* a small memory without max_object_size: the default shrinks to fit */
+    struct sg_config *small = load_ok(BASE "cache: { memory: 16MB }\n");
+    assert_int_equal(small->cache.max_object_size, (16ull << 20) / 64 / 8 * 7);
+    sg_config_unref(small);
+    /* an empty map: the defaults too */
+    struct sg_config *c = load_ok(BASE "cache: {}\n");
+    assert_int_equal(c->cache.memory_bytes, 100ull << 20);
+    assert_int_equal(c->cache.l2_timeout_ms, 50);
+    sg_config_unref(c);
+}
+
+/* Every key at both levels; then a derived snapshot, which copies the
+ * top-level settings and shares the vary names (freed once: ASan checks). */
+static void test_cache_full(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok(BASE "cache:\n"
+                                       "  memory: 256MB\n"
+                                       "  max_object_size: 3MB\n"
+                                       "  l2_ttl: 0\n"
+                                       "  l2_timeout: 20ms\n"
+                                       "routes:\n"
+                                       "  - match: { path_prefix: /api/ }\n"
+                                       "    pool: app\n"
+                                       "    cache:\n"
+                                       "      ttl: 30s\n"
+                                       "      vary: [X-Tenant-ID, Accept-Language]\n"
+                                       "      stale_while_revalidate: 30s\n"
+                                       "      stale_if_error: 5m\n"
+                                       "      lock_timeout: 2s\n"
+                                       "      set_cookie: true\n"
+                                       "      authorization: yes\n"
+                                       "      client_cache_control: false\n"
+                                       "  - match: { path_prefix: /img/ }\n"
+                                       "    pool: app\n"
+                                       "    cache: { vary: Accept }\n"
+                                       "  - pool: app\n");
+    assert_int_equal(c->cache.memory_bytes, 256ull << 20);
+    assert_int_equal(c->cache.max_object_size, 3ull << 20);
+    assert_int_equal(c->cache.l2_ttl_ms, 0);
+    assert_int_equal(c->cache.l2_timeout_ms, 20);
+    const struct sg_route_cache *a = &c->routes[0].cache, *b = &c->routes[1].cache;
+    assert_true(a->enabled);
+    assert_int_equal(a->ttl_ms, 30000);
+    assert_int_equal(a->nvary, 2);
+    assert_string_equal(a->vary[0], "x-tenant-id");
+    assert_string_equal(a->vary[1], "accept-language");
+    assert_int_equal(a->stale_while_revalidate_ms, 30000);
+    assert_int_equal(a->stale_if_error_ms, 300000);
+    assert_int_equal(a->lock_timeout_ms, 2000);
+    assert_true(a->set_cookie);
+    assert_true(a->authorization);
+    assert_false(a->client_cache_control);
+    /* a lone name for vary; the rest defaults */
+    assert_true(b->enabled);
+    assert_int_equal(b->nvary, 1);
+    assert_string_equal(b->vary[0], "accept");
+    assert_int_equal(b->ttl_ms, 300000);
+    assert_int_equal(b->stale_while_revalidate_ms, 0);
+    assert_int_equal(b->stale_if_error_ms, 0);
+    assert_int_equal(b->lock_timeout_ms, 5000);
+    assert_false(b->set_cookie);
+    assert_false(b->authorization);
+    assert_true(b->client_cache_control);
+    assert_false(c->routes[2].cache.enabled);
+
+    struct sg_config *d = sg_config_derive(c, NULL);
+    assert_non_null(d);
+    assert_memory_equal(&d->cache, &c->cache, sizeof(d->cache));
+    assert_ptr_equal(d->routes[0].cache.vary, a->vary); /* shared with the base */
+    sg_config_unref(c);                                 /* the derived one keeps it */
+    assert_true(d->routes[0].cache.enabled);
+    assert_string_equal(d->routes[0].cache.vary[1], "accept-language");
+    assert_int_equal(d->cache.memory_bytes, 256ull << 20);
+    sg_config_unref(d);
+}
+
+/* cache: true is the defaults, cache: false (or no) is no cache. */
+static void test_cache_bool(void **state) {
+    (void)state;
+    struct sg_config *c =
+        load_ok(BASE "routes:\n"
+                     "  - { match: { path_prefix: /a }, pool: app, cache: true }\n"
+                     "  - { match: { path_prefix: /b }, pool: app, cache: false }\n"
+                     "  - { match: { path_prefix: /c }, pool: app, cache: no }\n"
+                     "  - { match: { path_prefix: /d }, pool: app, cache: {} }\n");
+    const struct sg_route_cache *t = &c->routes[0].cache;
+    assert_true(t->enabled);
+    assert_int_equal(t->ttl_ms, 300000);
+    assert_int_equal(t->lock_timeout_ms, 5000);
+    assert_int_equal(t->nvary, 0);
+    assert_null(t->vary);
+    assert_false(t->set_cookie);
+    assert_false(t->authorization);
+    assert_true(t->client_cache_control);
+    for (size_t i = 1; i <= 2; i++) {
+        const struct sg_route_cache *f = &c->routes[i].cache;
+        assert_false(f->enabled);
+        assert_int_equal(f->ttl_ms, 0);
+        assert_null(f->vary);
+    }
+    assert_memory_equal(&c->routes[3].cache, t, sizeof(*t));
+    sg_config_unref(c);
+}
+
+#define CROUTE BASE "routes:\n  - pool: app\n    cache:\n" /* route keys on line 8 */
+
+static const struct err_case cache_error_cases[] = {
+    /* top level */
+    {BASE "cache:\n  memroy: 1MB\n", "t.yaml:6: cache.memroy: unknown key"},
+    {BASE "cache:\n", "t.yaml:5: cache: has no value (expected a map; write cache: {} for the "
+                      "defaults)"},
+    {BASE "cache: 5\n", "t.yaml:5: cache: expected a map, got a string"},
+    {BASE "cache:\n  memory: lots\n", "t.yaml:6: cache.memory: \"lots\" is not a size"},
+    {BASE "cache:\n  memory: 512k\n", "t.yaml:6: cache.memory: \"512k\" must be at least 1m"},
+    {BASE "cache:\n  max_object_size: 0\n",
+     "t.yaml:6: cache.max_object_size: \"0\" must be at least 1"},
+    {BASE "cache:\n  memory: 32MB\n  max_object_size: 1MB\n",
+     "t.yaml:7: cache.max_object_size: max_object_size (1m) does not fit the memory tier: at "
+     "most 448k with this memory (7/8 of one of its 64 shards)"},
+    {BASE "cache:\n  l2_ttl: 1 h\n", "t.yaml:6: cache.l2_ttl: \"1 h\" is not a duration"},
+    {BASE "cache:\n  l2_timeout: 0\n",
+     "t.yaml:6: cache.l2_timeout: \"0\" is out of range (1ms to 365d)"},
+    /* a route's */
+    {CROUTE "      ttl: 5x\n", "t.yaml:8: routes[0].cache.ttl: \"5x\" is not a duration"},
+    {CROUTE "      ttl: 0\n", "t.yaml:8: routes[0].cache.ttl: \"0\" is out of range (1ms to 365d)"},
+    {CROUTE "      lock_timeout: 0\n",
+     "t.yaml:8: routes[0].cache.lock_timeout: \"0\" is out of range (1ms to 365d)"},
+    {CROUTE "      stale_if_error: -1s\n",
+     "t.yaml:8: routes[0].cache.stale_if_error: \"-1s\" is not a duration"},
+    {CROUTE "      vry: [X-Tenant-ID]\n", "t.yaml:8: routes[0].cache.vry: unknown key"},
+    {CROUTE "      vary: [X-Tenant-ID, \"X Tenant\"]\n",
+     "t.yaml:8: routes[0].cache.vary[1]: \"X Tenant\" is not a header name"},
+    {CROUTE "      vary: \"Accept:\"\n",
+     "t.yaml:8: routes[0].cache.vary: \"Accept:\" is not a header name"},
+    {CROUTE "      vary: [a, b, c, d, e, f, g, h, i]\n",
+     "t.yaml:8: routes[0].cache.vary: 9 headers; a route's cache varies on at most 8"},
+    {CROUTE "      vary: [X-Tenant-ID, Accept, x-tenant-id]\n",
+     "t.yaml:8: routes[0].cache.vary[2]: \"x-tenant-id\" is listed twice (header names are "
+     "case-insensitive)"},
+    {CROUTE "      vary: []\n", "t.yaml:8: routes[0].cache.vary: the list is empty"},
+    {CROUTE "      vary: [[a]]\n",
+     "t.yaml:8: routes[0].cache.vary[0]: expected a header name, got a list"},
+    {CROUTE "      set_cookie: 1\n",
+     "t.yaml:8: routes[0].cache.set_cookie: \"1\" is not true or false"},
+    {CROUTE "      client_cache_control:\n",
+     "t.yaml:8: routes[0].cache.client_cache_control: has no value (expected true or false)"},
+    {CROUTE "      ttl: 1m\n      ttl: 2m\n",
+     "t.yaml:9: routes[0].cache.ttl: duplicate key (first at line 8)"},
+    {BASE "routes:\n  - pool: app\n    cache: maybe\n",
+     "t.yaml:7: routes[0].cache: \"maybe\" is not true or false"},
+    {BASE "routes:\n  - pool: app\n    cache: [ttl]\n",
+     "t.yaml:7: routes[0].cache: expected true, false or a map, got a list"},
+    {BASE "routes:\n  - pool: app\n    cache:\n",
+     "t.yaml:7: routes[0].cache: has no value (expected true, false or a map)"},
+};
+
+static void test_cache_errors(void **state) {
+    (void)state;
+    size_t failed = 0;
+    for (size_t i = 0; i < N(cache_error_cases); i++)
+        failed += !check_errors(cache_error_cases[i].yaml, &cache_error_cases[i].want, 1);
+    assert_int_equal(failed, 0);
+}
+
+/* Several mistakes in one route's cache: each reported once, in line order. */
+static void test_cache_errors_collected(void **state) {
+    (void)state;
+    static const char yaml[] = BASE "cache: { memory: 1MB, max_object_size: 1MB }\n" /* 5 */
+                                    "routes:\n"                                      /* 6 */
+                                    "  - pool: app\n"                                /* 7 */
+                                    "    cache:\n"                                   /* 8 */
+                                    "      ttl: soon\n"                              /* 9 */
+                                    "      vary: [A, a, \"b c\"]\n"                  /* 10 */
+                                    "      authorization: sometimes\n"               /* 11 */
+                                    "      purge: true\n";                           /* 12 */
+    static const char *const want[] = {
+        "t.yaml:5: cache.max_object_size: max_object_size (1m) does not fit the memory tier: at "
+        "most 14k with this memory (7/8 of one of its 64 shards)",
+        "t.yaml:9: routes[0].cache.ttl: \"soon\" is not a duration",
+        "t.yaml:10: routes[0].cache.vary[1]: \"a\" is listed twice (header names are "
+        "case-insensitive)",
+        "t.yaml:10: routes[0].cache.vary[2]: \"b c\" is not a header name",
+        "t.yaml:11: routes[0].cache.authorization: \"sometimes\" is not true or false",
+        "t.yaml:12: routes[0].cache.purge: unknown key",
+    };
+    expect_errors(yaml, want, N(want));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_example),
@@ -1501,6 +1710,11 @@ int main(void) {
         cmocka_unit_test(test_server_forms),
         cmocka_unit_test(test_balancer_freed),
         cmocka_unit_test(test_pool_errors_collected),
+        cmocka_unit_test(test_cache_defaults),
+        cmocka_unit_test(test_cache_full),
+        cmocka_unit_test(test_cache_bool),
+        cmocka_unit_test(test_cache_errors),
+        cmocka_unit_test(test_cache_errors_collected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -327,11 +327,25 @@ static void test_free_kills_all(void **state) {
     assert_int_equal(r.counts[SG_SUPERVISOR_STOPPED], 0); /* no events after free */
 }
 
+/* Whether nothing listens on 127.0.0.1:port now. */
+static bool port_free(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
 static void test_ports_exhausted(void **state) {
     (void)state;
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct sg_supervisor_cfg c = cfg_for("sleep 30");
+    /* two neighbouring ports free now (the base port may be taken by some
+     * other program's connection: it is in the ephemeral range) */
+    while (!port_free(c.port_min) || !port_free((uint16_t)(c.port_min + 1)))
+        c.port_min = (uint16_t)(c.port_min + 2);
     c.port_max = (uint16_t)(c.port_min + 1);
     /* a listener of ours holds port_min */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
