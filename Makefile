@@ -54,7 +54,7 @@ $(eval $(call flavour,$(SAN),$(SAN_CFLAGS),$(SAN_LDFLAGS)))
 
 # Unit tests: one binary per tests/unit/test_*.c, linked against the ASan library.
 UNIT_BINS := $(patsubst tests/unit/%.c,$(SAN)/unit/%,$(UNIT_SRC))
-$(SAN)/unit/%: tests/unit/%.c $(SAN)/libscalegate.a $(wildcard src/*/*.h src/*/*.c)
+$(SAN)/unit/%: tests/unit/%.c $(SAN)/libscalegate.a $(wildcard src/*/*.h src/*/*.c tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(WARN) -Wno-missing-prototypes $(SAN_CFLAGS) -o $@ $< \
 	    $(SAN)/libscalegate.a $(SAN_LDFLAGS) $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm -lpthread

@@ -6,6 +6,7 @@ Contenders, all on free 127.0.0.1 ports, configs generated from bench/*.tmpl int
   nginx      Debian's nginx, one worker, upstream keep-alive
   haproxy    Debian's HAProxy, one thread, http-reuse always
   scalegate  workers: 1
+  varnish    Debian's Varnish, one thread pool (the cache-hit part only)
 
 Part 1, throughput: wrk (small and 16 KiB responses x 64 and 1,000 connections); every round
 runs every contender once per scenario, the order rotated each round; medians over rounds.
@@ -26,11 +27,18 @@ b, c, d between two runs of (a); the cost is 1 - median of req/s / the (a) runs 
 from the cycles of the proxy's CPU per request (perf, optional). Then the table's memory per
 key: fresh gateways with limits.rate_limit_keys = N, RSS before and after filling N keys,
 against sg_rl_table_bytes_max(N).
+Part 6, cache hits: each proxy with its response cache over the part 1 backends (bench/*-cache.*
+.tmpl: scalegate's route cache, HAProxy's cache section, nginx proxy_cache, and Varnish, which
+runs in this part only: varnishd -F, -s malloc,64m), every response kept 5 minutes; the cache
+filled and a hit checked by its marker header (X-Cache: HIT, Age, X-Cache-Status: HIT,
+X-Varnish with two ids) before the rounds and after; then part 1's scenarios, rounds and
+medians, direct to the backend as a reference, ratios to HAProxy's cache; the backend's write
+calls (/proc/PID/io) during each run count the requests that got past the cache.
 
 Python 3 standard library only. Run as:
   /usr/bin/python3 bench/bench.py --scalegate build/release/scalegate \
       --backend build/release/demo-backend [--only haproxy,scalegate] [--duration 6]
-      [--only-failover | --only-elasticity | --only-ratelimit]
+      [--only-failover | --only-elasticity | --only-ratelimit | --only-cache]
 """
 
 import argparse
@@ -291,6 +299,19 @@ def launch_proxy(name, args, tmpdir, tag, variant, kv, env=None):
         conf = render("scalegate%s.yaml.tmpl" % variant,
                       os.path.join(tmpdir, "scalegate-%s.yaml" % tag), **kv)
         argv = [args.scalegate, "-c", conf]
+        errlog = None
+    elif name == "varnish":
+        vcl = render("varnish%s.vcl.tmpl" % variant, os.path.join(tmpdir, "varnish-%s.vcl" % tag),
+                     **kv)
+        # -F: in the foreground (the manager; it forks the cache process and stops it on
+        # SIGTERM); -j none: no privilege separation (as root, varnishd would switch to its own
+        # users, which cannot read the VCL in the 0700 temp dir); -T none: no management port.
+        argv = [args.varnishd, "-F", "-j", "none", "-T", "none",
+                "-n", os.path.join(tmpdir, "varnish-%s" % tag),
+                "-a", "127.0.0.1:%d" % kv["port"], "-f", vcl, "-s", VARNISH_STORAGE]
+        for p in args.varnish_params.split(","):
+            if p.strip():
+                argv += ["-p", p.strip()]
         errlog = None
     else:
         return None, "unknown contender"
@@ -1436,6 +1457,211 @@ def rl_memory_run(args, backends, tmpdir, quiet, n):
     return res
 
 
+# ---------------------------------------------------------------- cache hits
+
+CACHE_ALL = ["direct", "nginx", "haproxy", "varnish", "scalegate"]
+VARNISHD = "/usr/sbin/varnishd"
+VARNISH_STORAGE = "malloc,64m"
+# varnishd -p for this 2-core machine, where the proxy under test gets one CPU: one thread
+# pool (default 2); a connection with a request in progress holds a worker thread, so 1,000
+# busy connections need about 1,000 threads: up to 2,000 (default 5,000), at least 100 kept
+# (the default) and grown during the warm-up. docs/benchmarks.md says what else was tried.
+VARNISH_PARAMS = ["thread_pools=1", "thread_pool_min=100", "thread_pool_max=2000"]
+# How each proxy marks a response served from its cache: (header, regex its value matches).
+CACHE_HIT = {
+    "scalegate": ("X-Cache", r"^HIT\b"),
+    "haproxy": ("Age", r"^\d+$"),            # only responses from its cache have Age
+    "nginx": ("X-Cache-Status", r"^HIT$"),    # add_header ... $upstream_cache_status
+    "varnish": ("X-Varnish", r"^\d+ \d+$"),   # a hit: this request's id and the object's
+}
+CACHE_TARGET = 1.1     # scalegate's req/s over HAProxy's cache: the target of issue 6
+CACHE_MISS_MAX = 0.01  # a run counts as served from the cache if under 1 % reached the backend
+
+
+def proc_syscw(pid):
+    """The write system calls a process has made (/proc/PID/io), None if unreadable. The demo
+    backend writes each response with one write (or writev): its count of responses."""
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            for line in f:
+                if line.startswith("syscw:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def proc_start(pid):
+    """A process's start time (clock ticks after boot), None if it is gone or a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def stop_tree(proc):
+    """proc.stop(), then SIGKILL to any of its descendants (as they were just before, and only
+    while /proc says they are the same processes) still there 3 s later: varnishd's cache
+    process, should the manager die without stopping it. Returns the pids it had to kill."""
+    kids = [(p, proc_start(p)) for p in tree(proc.pid)[1:]]
+    proc.stop()
+    deadline = time.time() + 3
+    while True:
+        left = [p for p, st in kids if st is not None and proc_start(p) == st]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    return left
+
+
+def cache_probe(name, port, path):
+    """GET path twice on fresh connections; the second answer must be a 200 with the proxy's
+    hit marker (CACHE_HIT). Returns ("Header: value" of the second, None) or (None, why)."""
+    for _ in range(2):
+        code, data = http_get(port, path, timeout=3.0)
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    hdr, rx = CACHE_HIT[name]
+    m = re.search(r"^%s:[ \t]*(.*?)[ \t]*\r?$" % re.escape(hdr), head, re.M | re.I)
+    if code != 200:
+        return None, "second GET %s answered %d" % (path, code)
+    if not m or not re.search(rx, m.group(1)):
+        return None, "second GET %s is not a hit: %s" % (
+            path, "%s: %s" % (hdr, m.group(1)) if m else "no %s header" % hdr)
+    return "%s: %s" % (hdr, m.group(1)), None
+
+
+def start_cache_contender(name, args, backends, tmpdir, tag, paths):
+    """One contender of the cache part over the throughput backends (bench/NAME-cache.*.tmpl),
+    its cache filled and checked on every path of paths. Returns (Proc or None, port,
+    {path: hit marker}, error or None)."""
+    if name == "direct":
+        return None, None, {}, None
+    kv = proxy_kv(args, tmpdir, small_port=backends["small"][1], big_port=backends["16k"][1])
+    port = kv["port"]
+    proc, err = launch_proxy(name, args, tmpdir, tag, "-cache", kv)
+    if proc is None:
+        return None, None, {}, err
+    marks = {}
+    try:
+        for path in paths:
+            err = wait_ready(proc, port, path, timeout=15.0)
+            if err:
+                break
+            marks[path], err = cache_probe(name, port, path)
+            if err:
+                err = "not serving from its cache: " + err
+                break
+    except OSError as e:
+        err = "probe: %s" % e
+    if err:
+        stop_tree(proc)
+        return None, None, {}, err
+    return proc, port, marks, None
+
+
+def cache_run(args, backends, tmpdir, quiet, scenarios):
+    """The cache-hit part: every contender of args.cache_only started once over the two
+    backends, its cache filled; then, as in the throughput part, rounds in which each runs
+    every scenario once (order rotated), wrk to the same cacheable paths. The backend's write
+    calls during each run count the requests that got past the cache. The hit markers are
+    checked again after the rounds. Returns a dict for the report; everything started here is
+    stopped before it returns."""
+    paths = [SIZES[s][0] for s in sorted({s for s, _ in scenarios})]
+    res = {"scenarios": scenarios, "results": {}, "failures": {}, "marks": {}, "after": {},
+           "notes": []}
+    contenders = {}
+    try:
+        for c in args.cache_only:
+            proc, port, marks, err = start_cache_contender(c, args, backends, tmpdir, "cache",
+                                                           paths)
+            if err:
+                res["failures"][c] = "failed to start: " + err
+                log("cache %s %s" % (c, res["failures"][c]))
+            else:
+                contenders[c] = (proc, port)
+                res["marks"][c] = marks
+        live = [c for c in args.cache_only if c in contenders]
+        for rnd in range(args.repeats if any(c != "direct" for c in live) else 0):
+            order = live[rnd % len(live):] + live[:rnd % len(live)]
+            for sc in scenarios:
+                size, nconn = sc
+                for c in order:
+                    proc, port = contenders[c]
+                    bproc, bport = backends[size]
+                    if proc is not None and not proc.alive():
+                        res["results"].setdefault((c, sc), []).append(
+                            {"error": "process died: " + proc.stderr_tail()})
+                        continue
+                    target = bport if c == "direct" else port
+                    path = SIZES[size][0]
+                    watched = ([proc] if proc else []) + [bproc]
+                    quiet.wait(([proc] if proc else []) + [p for p, _ in backends.values()])
+                    try:
+                        if args.warmup:
+                            run_wrk(args, target, path, nconn, args.warmup, watched)
+                        w0 = proc_syscw(bproc.pid)
+                        r = run_wrk(args, target, path, nconn, args.duration, watched)
+                        w1 = proc_syscw(bproc.pid)
+                        if w0 is not None and w1 is not None:
+                            r["backend_writes"] = w1 - w0
+                        want = SIZES[size][1] or 1
+                        if r.get("bytes_per_req", want) < want:
+                            r["error"] = "responses too short (%.0f bytes each)" % (
+                                r["bytes_per_req"])
+                        elif c != "direct" and r.get("backend_writes") is not None and \
+                                r["backend_writes"] > CACHE_MISS_MAX * max(r["requests"], 1):
+                            r["error"] = "not served from the cache: %d of %d requests " \
+                                         "reached the backend" % (r["backend_writes"],
+                                                                  r["requests"])
+                    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                        r = {"error": str(e)}
+                    res["results"].setdefault((c, sc), []).append(r)
+                    log("cache round %d/%d %-7s %4d conns %-9s %s" % (
+                        rnd + 1, args.repeats, size, nconn, c,
+                        r.get("error") or "%8.0f req/s  p50 %s  p99 %s  %s us/req  backend "
+                        "writes %s%s" % (
+                            r["rps"], fmt_ms(r["p50"]), fmt_ms(r["p99"]),
+                            "%.1f" % r["cpu_us_per_req"] if "cpu_us_per_req" in r else "-",
+                            r.get("backend_writes", "?"),
+                            "  (other load %.2f cores)" % r["foreign"]
+                            if r["foreign"] > args.foreign_limit else "")))
+        for c in live:
+            proc, port = contenders[c]
+            if proc is None:
+                continue
+            res["after"][c] = {}
+            for path in paths:
+                try:
+                    mark, err = cache_probe(c, port, path)
+                except OSError as e:
+                    mark, err = None, str(e)
+                res["after"][c][path] = mark
+                if err:
+                    res["notes"].append("%s after the rounds: %s" % (c, err))
+    finally:
+        for c, (proc, _) in contenders.items():
+            if proc is not None:
+                alive = proc.alive()
+                killed = stop_tree(proc)
+                if killed:
+                    res["notes"].append("%s: %d process(es) outlived it and got SIGKILL" % (
+                        c, len(killed)))
+                rc = proc.p.returncode
+                if alive and rc not in (0, -signal.SIGTERM, 143):
+                    how = ("killed by %s" % signal.Signals(-rc).name) if rc < 0 else \
+                        "exit status %d" % rc
+                    res["notes"].append("%s on SIGTERM after the rounds: %s: %s" % (
+                        c, how, proc.stderr_tail(2)))
+    return res
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1832,8 +2058,97 @@ def report_ratelimit(args, rl, notes):
     return lines
 
 
+def report_cache(args, cache, notes):
+    lines = []
+    add = lines.append
+    scenarios = cache["scenarios"]
+    results, failures = cache["results"], cache["failures"]
+    add("")
+    add("## Cache hits (medians of %d rounds, %d s each, wrk -t%d; one cacheable URL per size, "
+        "served from each proxy's cache)" % (args.repeats, args.duration, args.wrk_threads))
+    add("")
+    add("| scenario | contender | req/s | p50 | p99 | x ceiling | x HAProxy cache | CPU us/req | "
+        "to backend | spread | target |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    flagged = False
+    for sc in scenarios:
+        label = "%s, %d conns" % (SIZE_LABEL[sc[0]], sc[1])
+        ceil_runs = results.get(("direct", sc))
+        hap_runs = results.get(("haproxy", sc))
+        for c in args.cache_only:
+            runs = results.get((c, sc), [])
+            s = summarize(runs)
+            if s is None:
+                why = failures.get(c) or next((r["error"] for r in runs if "error" in r),
+                                              "not run")
+                add("| %s | %s | failed | | | | | | | | |" % (label, c))
+                notes.append("cache, %s, %s: %s" % (c, label, why))
+                continue
+            for r in runs:
+                if "error" in r:
+                    notes.append("cache, %s, %s, a round: %s" % (c, label, r["error"]))
+            mark = ""
+            if s["errors"]:
+                mark += " (%d errors)" % s["errors"]
+                notes.append("cache, %s, %s: %s (summed over the rounds)" % (
+                    c, label, "; ".join(s["error_detail"])))
+            if s["foreign"] > args.foreign_limit:
+                mark, flagged = mark + " *", True
+            ok = [r for r in runs if "error" not in r]
+            writes = [r["backend_writes"] for r in ok if r.get("backend_writes") is not None]
+            reqs = sum(r["requests"] for r in ok if r.get("backend_writes") is not None)
+            if not writes:
+                to_backend = "?"
+            elif c == "direct":
+                to_backend = "all (%.2f writes/req)" % (sum(writes) / max(reqs, 1))
+            else:
+                to_backend = "%d (%.3f %%)" % (sum(writes), 100.0 * sum(writes) / max(reqs, 1))
+            x_hap = paired_ratio(runs, hap_runs)
+            target = ""
+            if c == "scalegate":
+                target = "-" if x_hap is None else ">= %.1fx HAProxy: %s" % (
+                    CACHE_TARGET, "met" if x_hap >= CACHE_TARGET and not s["errors"] else
+                    "**not met**")
+            add("| %s | %s | %.0f%s | %s | %s | %s | %s | %s | %s | %.0f%% | %s |" % (
+                label, c, s["rps"], mark, fmt_ms(s["p50"]), fmt_ms(s["p99"]),
+                fmt_r(paired_ratio(runs, ceil_runs)), fmt_r(x_hap),
+                "%.1f" % s["cpu_us"] if s["cpu_us"] else "-", to_backend, 100 * s["spread"],
+                target))
+    add("")
+    add("req/s, p50, p99, CPU us/req (the proxy's CPU time per request, all its processes and "
+        "threads; the backend's for direct): medians over the rounds. x ceiling, x HAProxy "
+        "cache: median over the rounds of req/s divided by direct's (HAProxy's cache's) in "
+        "the same round; direct (wrk to the demo backend, which answers from one response "
+        "formatted at start-up) is a reference here more than a bound: hits never reach the "
+        "backend, so a cache has the core to itself and can outrun it. to backend: write "
+        "calls of the demo backend (one per response) "
+        "during the measured runs, summed over the rounds, and as a share of the requests "
+        "(a run with more than %.0f %% is thrown out as not served from the cache). Each "
+        "contender's cache is filled before the rounds; every object is kept 5 minutes." % (
+            100 * CACHE_MISS_MAX))
+    marks = []
+    for c in args.cache_only:
+        if c == "direct" or c not in cache["marks"]:
+            continue
+        before = cache["marks"][c]
+        after = cache["after"].get(c, {})
+        marks.append("%s: %s" % (c, "; ".join(
+            "%s `%s` / `%s`" % (path, before.get(path), after.get(path) or "-")
+            for path in sorted(before))))
+    if marks:
+        add("")
+        add("Hit markers (the second of two GETs before the rounds / one after them): " +
+            "; ".join(marks) + ".")
+    if flagged:
+        add("* other processes used more than %.0f%% of a core during at least one round." % (
+            100 * args.foreign_limit))
+    for n in cache.get("notes", []):
+        notes.append("cache: " + n)
+    return lines
+
+
 def report(args, scenarios, results, failures, memory, meta, failover=None,
-           elasticity=None, ratelimit=None):
+           elasticity=None, ratelimit=None, cache=None):
     lines = []
     add = lines.append
     if args.no_throughput:
@@ -1904,6 +2219,8 @@ def report(args, scenarios, results, failures, memory, meta, failover=None,
         lines += report_elasticity(args, elasticity, notes)
     if ratelimit:
         lines += report_ratelimit(args, ratelimit, notes)
+    if cache:
+        lines += report_cache(args, cache, notes)
     if notes:
         add("")
         add("Problems:")
@@ -1956,8 +2273,12 @@ def main():
     ap.add_argument("--backend", default="build/release/demo-backend")
     ap.add_argument("--nginx", default=NGINX)
     ap.add_argument("--haproxy", default=HAPROXY)
-    ap.add_argument("--only", default=",".join(ALL),
-                    help="contenders, comma-separated (default: %(default)s)")
+    ap.add_argument("--varnishd", default=VARNISHD)
+    ap.add_argument("--varnish-params", default=",".join(VARNISH_PARAMS),
+                    help="varnishd -p settings, comma-separated (default: %(default)s)")
+    ap.add_argument("--only", default=",".join(ALL + ["varnish"]),
+                    help="contenders, comma-separated (default: %(default)s; varnish runs in "
+                         "the cache part only)")
     ap.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each run")
     ap.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
@@ -2039,6 +2360,10 @@ def main():
                          "separated; empty for none")
     ap.add_argument("--rl-mem-rules", type=int, default=10,
                     help="rules per route in the memory fill (keys per request)")
+    ap.add_argument("--no-cache", action="store_true", help="skip the cache-hit part")
+    ap.add_argument("--only-cache", action="store_true",
+                    help="only the cache-hit part (every contender serving one URL from its "
+                         "cache; varnish too)")
     ap.add_argument("--upstream-keepalive", type=int, default=1024,
                     help="idle upstream connections nginx and scalegate may keep per server")
     ap.add_argument("--forward-headers", action="store_true",
@@ -2054,20 +2379,30 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir of configs and logs")
     ap.add_argument("--out", default="build/bench/results.md")
     args = ap.parse_args()
-    if sum((args.only_failover, args.only_elasticity, args.only_ratelimit)) > 1:
-        ap.error("--only-failover, --only-elasticity and --only-ratelimit exclude each other")
+    if sum((args.only_failover, args.only_elasticity, args.only_ratelimit,
+            args.only_cache)) > 1:
+        ap.error("--only-failover, --only-elasticity, --only-ratelimit and --only-cache "
+                 "exclude each other")
     if args.only_failover:
         if args.no_failover:
             ap.error("--only-failover and --no-failover exclude each other")
         args.no_throughput = args.no_memory = args.no_elasticity = args.no_ratelimit = True
+        args.no_cache = True
     if args.only_elasticity:
         if args.no_elasticity:
             ap.error("--only-elasticity and --no-elasticity exclude each other")
         args.no_throughput = args.no_memory = args.no_failover = args.no_ratelimit = True
+        args.no_cache = True
     if args.only_ratelimit:
         if args.no_ratelimit:
             ap.error("--only-ratelimit and --no-ratelimit exclude each other")
         args.no_throughput = args.no_memory = args.no_failover = args.no_elasticity = True
+        args.no_cache = True
+    if args.only_cache:
+        if args.no_cache:
+            ap.error("--only-cache and --no-cache exclude each other")
+        args.no_throughput = args.no_memory = args.no_failover = args.no_elasticity = True
+        args.no_ratelimit = True
     try:
         args.rl_mem_keys = [int(x) for x in args.rl_mem_keys.split(",") if x.strip()]
     except ValueError:
@@ -2095,9 +2430,11 @@ def main():
         ap.error("--failover-kill-at must fall within --failover-duration")
 
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
-    bad = [c for c in args.only if c not in ALL]
+    bad = [c for c in args.only if c not in CACHE_ALL]
     if bad:
-        ap.error("unknown contender(s) %s; known: %s" % (",".join(bad), ",".join(ALL)))
+        ap.error("unknown contender(s) %s; known: %s" % (",".join(bad), ",".join(CACHE_ALL)))
+    # varnish is a contender of the cache part only: every other part runs args.only
+    args.cache_only = [c for c in CACHE_ALL if c in args.only]
     args.only = [c for c in ALL if c in args.only]
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     if any(s not in SIZES for s in sizes):
@@ -2140,20 +2477,24 @@ def main():
     rl_on = not args.no_ratelimit and "scalegate" in args.only
     rl_cases = 2 + args.rl_case_c + args.rl_shared
     rl_runs = (2 * (rl_cases - 1) * args.rl_repeats + 1) if rl_on else 0
+    cache_on = not args.no_cache and any(c != "direct" for c in args.cache_only)
+    cache_runs = len(scenarios) * len(args.cache_only) * args.repeats if cache_on else 0
     runs = 0 if args.no_throughput else len(scenarios) * len(args.only) * args.repeats
     est = runs * (args.duration + args.warmup + 1) + fo_runs * (
         args.failover_duration + args.warmup + 3) + el_runs * (
         args.elasticity_base + args.elasticity_step + 4) + (rl_runs * (
             args.rl_duration + 1) + rl_cases * 8 +
-        12 * len(args.rl_mem_keys) if rl_on else 0)
-    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s%s%s, about %d min; "
-        "%s" % (runs, len(args.only), len(scenarios), args.repeats,
-                "" if args.no_memory else ", the memory test",
-                ", %d failover runs" % fo_runs if fo_runs else "",
-                ", %d elasticity runs" % el_runs if el_runs else "",
-                ", %d rate-limiting runs and %d memory fills" % (
-                    rl_runs, len(args.rl_mem_keys)) if rl_on else "",
-            (est + 59) // 60 + (0 if args.no_memory else 1), placement(args)))
+        12 * len(args.rl_mem_keys) if rl_on else 0) + cache_runs * (
+        args.duration + args.warmup + 1)
+    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s%s%s%s, about %d "
+        "min; %s" % (runs, len(args.only), len(scenarios), args.repeats,
+                     "" if args.no_memory else ", the memory test",
+                     ", %d failover runs" % fo_runs if fo_runs else "",
+                     ", %d elasticity runs" % el_runs if el_runs else "",
+                     ", %d rate-limiting runs and %d memory fills" % (
+                         rl_runs, len(args.rl_mem_keys)) if rl_on else "",
+                     ", %d cache-hit runs" % cache_runs if cache_runs else "",
+                     (est + 59) // 60 + (0 if args.no_memory else 1), placement(args)))
 
     # SIGTERM (or SIGINT, even where it came ignored) ends the harness through its finally
     # blocks, which stop every process it started: they run in sessions of their own and
@@ -2163,9 +2504,9 @@ def main():
     quiet = Quiet(args.quiet_wait, 3 * args.quiet_wait + 60, args.foreign_limit)
     tmpdir = tempfile.mkdtemp(prefix="scalegate-bench-")
     backends = start_backends(args, tmpdir) if not (args.no_throughput and args.no_memory and
-                                                    not rl_on) else {}
+                                                    not rl_on and not cache_on) else {}
     contenders, failures = {}, {}
-    results, memory, failover, elasticity, ratelimit = {}, {}, {}, {}, {}
+    results, memory, failover, elasticity, ratelimit, cache = {}, {}, {}, {}, {}, {}
     try:
         if not args.no_throughput:
             for c in args.only:
@@ -2256,6 +2597,9 @@ def main():
                           args.rl_repeats, args.rl_duration, args.rl_ids,
                           ", ".join(str(n) for n in args.rl_mem_keys) or "no"))
             ratelimit = ratelimit_run(args, backends, tmpdir, quiet)
+        if cache_on:
+            log("cache hits: %s, %d rounds" % (", ".join(args.cache_only), args.repeats))
+            cache = cache_run(args, backends, tmpdir, quiet, scenarios)
     finally:
         for c, (proc, _) in contenders.items():
             if proc:
@@ -2263,12 +2607,13 @@ def main():
         for proc, _ in backends.values():
             proc.stop()
 
-    meta = "%s; %d CPUs (%s); %s; %s; %s; %s" % (
+    meta = "%s; %d CPUs (%s); %s; %s; %s; %s%s" % (
         time.strftime("%Y-%m-%d %H:%M"), os.cpu_count(), cpu_model(), placement(args),
         version_of([args.nginx, "-v"]),
-        version_of([args.haproxy, "-v"]), version_of(["wrk", "-v"]))
+        version_of([args.haproxy, "-v"]), version_of(["wrk", "-v"]),
+        "; " + version_of([args.varnishd, "-V"]) if cache_on else "")
     text = report(args, scenarios, results, failures, memory, meta, failover, elasticity,
-                  ratelimit)
+                  ratelimit, cache)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -2276,7 +2621,9 @@ def main():
     raw = {"args": {k: v for k, v in vars(args).items()},
            "results": {"%s %s %d" % (c, s, n): v for (c, (s, n)), v in results.items()},
            "failures": failures, "memory": memory, "failover": failover,
-           "elasticity": elasticity, "ratelimit": ratelimit}
+           "elasticity": elasticity, "ratelimit": ratelimit,
+           "cache": {k: ({"%s %s %d" % (c, s, n): v for (c, (s, n)), v in v.items()}
+                         if k == "results" else v) for k, v in cache.items()}}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
     troubles = failures or any("error" in r for rs in results.values() for r in rs) or any(
@@ -2285,7 +2632,9 @@ def main():
         for f in failover.values() for rs in f.values() for r in rs) or any(
         "error" in r or "stop_problem" in r for rs in elasticity.values() for r in rs) or any(
         "error" in r for rs in ratelimit.get("cases", {}).values() for r in rs) or any(
-        "error" in m for m in ratelimit.get("memory", []))
+        "error" in m for m in ratelimit.get("memory", [])) or bool(cache.get("failures")) or any(
+        "error" in r for rs in cache.get("results", {}).values() for r in rs) or bool(
+        cache.get("notes"))
     if troubles or args.keep:
         log("wrote %s (and .json); configs and logs kept in %s" % (args.out, tmpdir))
     else:

@@ -14,7 +14,7 @@ for want in "$@"; do
     case "$want" in
     run) ;;
     test) pkgs="$pkgs libcmocka-dev python3 python3-pytest procps wrk redis-server" ;;
-    bench) pkgs="$pkgs wrk nginx-light haproxy procps python3 redis-server" ;;
+    bench) pkgs="$pkgs wrk nginx-light haproxy varnish procps python3 redis-server" ;;
     fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
     *) echo "deps.sh: unknown set '$want' (run, test, bench, fuzz)" >&2; exit 2 ;;
     esac

@@ -169,6 +169,7 @@ struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, b
     put(&o, m->reason, m->reason_len);
     PUTS(&o, "\r\n");
     bool upgrade = m->status == 101;
+    bool own_xcache = extra && memmem(extra->data, extra->end, "X-Cache:", 8) != NULL;
     for (uint32_t i = 0; i < m->num_headers; i++) {
         const struct sg_http_header *h = &m->headers[i];
         if (h->id == SG_HDR_UPGRADE && upgrade) {
@@ -178,7 +179,8 @@ struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, b
         if (h->hop || (decode && h->id == SG_HDR_TRANSFER_ENCODING))
             continue;
         if (extra &&
-            (sg_http_name_eq(h, "ratelimit", 9) || sg_http_name_eq(h, "ratelimit-policy", 16)))
+            (sg_http_name_eq(h, "ratelimit", 9) || sg_http_name_eq(h, "ratelimit-policy", 16) ||
+             (own_xcache && sg_http_name_eq(h, "x-cache", 7))))
             continue; /* the gateway's own fields replace the backend's */
         put_header(&o, h);
     }

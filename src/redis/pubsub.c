@@ -2,8 +2,10 @@
  * The Redis subscriber (see pubsub.h for the contract).
  *
  * A small state machine (enum sub_state, changed only by set_state) around
- * one hiredis async context at a time, driven by the link's libuv glue
- * (redis_int.h) rather than hiredis' own adapter, which loses socket errors.
+ * one hiredis async context at a time. It connects the way the link does,
+ * with the functions redis.c shares (redis_int.h): name resolution off the
+ * loop, the link's libuv glue rather than hiredis' own adapter (which loses
+ * socket errors), and the same backoff.
  * SUBSCRIBE goes out once the TCP connect completes; the subscription is
  * active once Redis confirms it, and s->timer bounds the whole way there
  * (resolve, connect, confirmation) at SG_REDIS_CONNECT_TIMEOUT. When the
@@ -25,14 +27,10 @@
  */
 #include "redis/pubsub.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
@@ -71,13 +69,6 @@ static const unsigned sub_next[SUB_STATE_COUNT] = {
     [SUB_CLOSING] = 0,
 };
 
-/* One uv_getaddrinfo; s is NULL once abandoned (timeout, free). Freed by
- * its callback. */
-struct sub_resolve {
-    uv_getaddrinfo_t req;
-    struct sg_redis_sub *s;
-};
-
 struct sg_redis_sub {
     uv_loop_t *loop;
     char *host; /* as given: a name or an address literal */
@@ -89,12 +80,12 @@ struct sg_redis_sub {
     void (*on_state)(void *arg, bool connected);
     void *arg;
     enum sub_state state;
-    redisAsyncContext *ac;       /* NULL unless CONNECTING, SUBSCRIBING or ACTIVE */
-    struct sub_resolve *resolve; /* the resolution in flight, if any */
-    uv_timer_t timer;            /* retry or connect timeout (see the states) */
-    uint64_t backoff_ms;         /* the delay before the next retry */
-    bool down;                   /* a failure was logged; the recovery will be too */
-    unsigned refs;               /* the timer until closed + the glue of each context */
+    redisAsyncContext *ac;             /* NULL unless CONNECTING, SUBSCRIBING or ACTIVE */
+    struct sg__redis_resolve *resolve; /* the resolution in flight, if any */
+    uv_timer_t timer;                  /* retry or connect timeout (see the states) */
+    uint64_t backoff_ms;               /* the delay before the next retry */
+    bool down;                         /* a failure was logged; the recovery will be too */
+    unsigned refs;                     /* the timer until closed + the glue of each context */
 };
 
 static void start_connect(struct sg_redis_sub *s);
@@ -143,10 +134,7 @@ static void link_down(struct sg_redis_sub *s, const char *why) {
                      (unsigned long long)s->backoff_ms);
     s->down = true;
     set_state(s, SUB_IDLE);
-    uv_timer_start(&s->timer, on_retry, s->backoff_ms, 0);
-    s->backoff_ms *= 2;
-    if (s->backoff_ms > SG_REDIS_BACKOFF_MAX)
-        s->backoff_ms = SG_REDIS_BACKOFF_MAX;
+    sg__redis_retry_later(&s->timer, on_retry, &s->backoff_ms);
     if (was_active && s->on_state)
         s->on_state(s->arg, false);
 }
@@ -200,7 +188,7 @@ static void on_connected(const redisAsyncContext *cac, int status) {
         return;
     if (status != REDIS_OK) { /* hiredis frees ac when this returns */
         char why[128];
-        snprintf(why, sizeof(why), "%s", ac->errstr[0] ? ac->errstr : "connect failed");
+        sg__redis_why(why, sizeof(why), ac, status, "connect failed");
         s->ac = NULL;
         link_down(s, why);
         return;
@@ -220,68 +208,37 @@ static void on_disconnected(const redisAsyncContext *ac, int status) {
     if (s->ac != ac)
         return; /* we dropped it ourselves */
     char why[128];
-    snprintf(why, sizeof(why), "%s",
-             status == REDIS_OK || !ac->errstr[0] ? "closed by the server" : ac->errstr);
+    sg__redis_why(why, sizeof(why), ac, status, "closed by the server");
     s->ac = NULL;
     link_down(s, why);
 }
 
+static const struct sg__redis_hooks sub_hooks = {
+    .connected = on_connected,
+    .disconnected = on_disconnected,
+    .closing = NULL,
+    .closed = on_glue_closed,
+};
+
 /* Starts the TCP connect to addr, an address literal. */
 static void connect_addr(struct sg_redis_sub *s, const char *addr) {
     char why[128];
-    redisAsyncContext *ac = redisAsyncConnect(addr, s->port);
+    redisAsyncContext *ac =
+        sg__redis_connect(s->loop, addr, s->port, s, &sub_hooks, why, sizeof(why));
     if (!ac) {
-        uv_timer_stop(&s->timer);
-        link_down(s, "out of memory");
-        return;
-    }
-    if (ac->err) {
-        snprintf(why, sizeof(why), "%s", ac->errstr);
-        redisAsyncFree(ac);
-        uv_timer_stop(&s->timer);
-        link_down(s, why);
-        return;
-    }
-    int rc = sg__redis_io_attach(s->loop, ac, s, NULL, on_glue_closed);
-    if (rc != 0) {
-        snprintf(why, sizeof(why), "cannot poll the socket: %s", uv_strerror(rc));
-        redisAsyncFree(ac);
         uv_timer_stop(&s->timer);
         link_down(s, why);
         return;
     }
     s->refs++; /* the glue's, until its handle has closed */
-    ac->data = s;
     s->ac = ac;
     set_state(s, SUB_CONNECTING);
-    redisAsyncSetDisconnectCallback(ac, on_disconnected);
-    redisAsyncSetConnectCallback(ac, on_connected); /* also waits for writable */
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-    struct sub_resolve *rs = req->data;
-    struct sg_redis_sub *s = rs->s;
-    free(rs);
-    if (!s) { /* abandoned */
-        uv_freeaddrinfo(res);
-        return;
-    }
-    s->resolve = NULL;
-    /* IPv4 first, as the link does */
-    char addr[INET6_ADDRSTRLEN] = "";
-    for (int pass = 0; pass < 2 && !addr[0]; pass++) {
-        for (struct addrinfo *ai = status == 0 ? res : NULL; ai && !addr[0]; ai = ai->ai_next) {
-            if (pass == 0 && ai->ai_family == AF_INET)
-                uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, addr, sizeof(addr));
-            else if (pass == 1 && ai->ai_family == AF_INET6)
-                uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, addr, sizeof(addr));
-        }
-    }
-    uv_freeaddrinfo(res);
-    if (!addr[0]) {
-        char why[128];
-        snprintf(why, sizeof(why), "cannot resolve %s: %s", s->host,
-                 status ? uv_strerror(status) : "no address");
+/* The resolution of s->host ended (addr is s->host itself for a literal). */
+static void on_resolved_addr(void *p, const char *addr, const char *why) {
+    struct sg_redis_sub *s = p;
+    if (!addr) {
         uv_timer_stop(&s->timer);
         link_down(s, why);
         return;
@@ -289,19 +246,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     connect_addr(s, addr);
 }
 
-/* Forgets the resolution in flight; it frees itself when done. */
-static void abandon_resolve(struct sg_redis_sub *s) {
-    if (!s->resolve)
-        return;
-    s->resolve->s = NULL;
-    uv_cancel((uv_req_t *)&s->resolve->req);
-    s->resolve = NULL;
-}
-
 static void on_connect_timeout(uv_timer_t *t) {
     struct sg_redis_sub *s = t->data;
     if (s->state == SUB_RESOLVING) {
-        abandon_resolve(s);
+        sg__redis_resolve_abandon(&s->resolve);
         link_down(s, "name resolution timed out");
     } else if (s->state == SUB_CONNECTING && s->ac) {
         drop(s, "connect timed out");
@@ -312,34 +260,8 @@ static void on_connect_timeout(uv_timer_t *t) {
 
 static void start_connect(struct sg_redis_sub *s) {
     uv_timer_start(&s->timer, on_connect_timeout, SG_REDIS_CONNECT_TIMEOUT, 0);
-    unsigned char buf[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, s->host, buf) == 1 || inet_pton(AF_INET6, s->host, buf) == 1) {
-        connect_addr(s, s->host);
-        return;
-    }
-    struct sub_resolve *rs = calloc(1, sizeof(*rs));
-    if (!rs) {
-        uv_timer_stop(&s->timer);
-        link_down(s, "out of memory");
-        return;
-    }
-    rs->s = s;
-    rs->req.data = rs;
-    struct addrinfo hints;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = uv_getaddrinfo(s->loop, &rs->req, on_resolved, s->host, NULL, &hints);
-    if (rc != 0) {
-        free(rs);
-        char why[128];
-        snprintf(why, sizeof(why), "cannot resolve %s: %s", s->host, uv_strerror(rc));
-        uv_timer_stop(&s->timer);
-        link_down(s, why);
-        return;
-    }
-    s->resolve = rs;
-    set_state(s, SUB_RESOLVING);
+    if (sg__redis_resolve(s->loop, s->host, s, on_resolved_addr, &s->resolve))
+        set_state(s, SUB_RESOLVING);
 }
 
 /* ---- public ---- */
@@ -365,8 +287,7 @@ struct sg_redis_sub *sg_redis_sub_new(uv_loop_t *loop, const char *host, uint16_
     s->channel_len = strlen(channel);
     s->loop = loop;
     s->port = port;
-    snprintf(s->name, sizeof(s->name), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
-             (unsigned)port);
+    sg__redis_name(s->name, sizeof(s->name), host, port);
     s->on_message = on_message;
     s->on_state = on_state;
     s->arg = arg;
@@ -388,7 +309,7 @@ void sg_redis_sub_free(struct sg_redis_sub *s) {
         return;
     set_state(s, SUB_CLOSING);
     uv_timer_stop(&s->timer);
-    abandon_resolve(s);
+    sg__redis_resolve_abandon(&s->resolve);
     if (s->ac) {
         redisAsyncContext *ac = s->ac;
         s->ac = NULL;

@@ -20,7 +20,8 @@
  * redisAsyncFree, and hiredis frees a context itself after a failed connect
  * or a lost connection (we learn it in on_connected / on_disconnected), so
  * r->ac is cleared before any call that may free the context.
- * The glue's functions are shared with the subscriber (redis_int.h).
+ * The glue, name resolution, the connect and the backoff are shared with
+ * the subscriber (redis_int.h, "connecting" below).
  *
  * r itself is freed in the close callback of the last of its handles (three
  * timers, plus the poll handle of each context being torn down), once the
@@ -79,13 +80,6 @@ static const unsigned link_next[LINK_STATE_COUNT] = {
     [LINK_CLOSING] = 0,
 };
 
-/* One uv_getaddrinfo; r is NULL once abandoned (timeout, free). Freed by its
- * callback. */
-struct resolve {
-    uv_getaddrinfo_t req;
-    struct sg_redis *r;
-};
-
 struct sg_redis {
     uv_loop_t *loop;
     char *host; /* as given: a name or an address literal */
@@ -94,8 +88,8 @@ struct sg_redis {
     char name[280]; /* "host:port" or "[v6]:port", for logs */
     char node_id[SG_REDIS_NODE_ID_MAX];
     enum link_state state;
+    struct sg__redis_resolve *resolve; /* the resolution in flight, if any */
     redisAsyncContext *ac;   /* NULL unless CONNECTING, CONNECTED, or closing gracefully */
-    struct resolve *resolve; /* the resolution in flight, if any */
     uv_timer_t timer;        /* retry, connect timeout or close deadline (see the states) */
     uv_timer_t cmd_timer;    /* the oldest in-flight command's deadline */
     uv_timer_t defer;        /* zero timer: runs the callbacks on done */
@@ -213,9 +207,11 @@ static void io_cleanup(void *p) {
     uv_close((uv_handle_t *)&io->poll, io_closed);
 }
 
-/* Hooks ac's socket into loop (see redis_int.h). */
-int sg__redis_io_attach(uv_loop_t *loop, redisAsyncContext *ac, void *owner,
-                        void (*closing)(void *owner), void (*closed)(void *owner)) {
+/* Hooks ac's socket into loop (the hooks' closing and closed: see
+ * redis_int.h). Returns 0, or a negative errno with nothing hooked (the
+ * caller frees ac). */
+static int io_attach(uv_loop_t *loop, redisAsyncContext *ac, void *owner,
+                     void (*closing)(void *owner), void (*closed)(void *owner)) {
     struct link_io *io = calloc(1, sizeof(*io));
     if (!io)
         return -ENOMEM;
@@ -246,6 +242,134 @@ static void link_io_closing(void *p) {
 
 static void link_io_closed(void *p) {
     close_done(p);
+}
+
+/* ---- connecting (shared with the subscriber, see redis_int.h) ---- */
+
+void sg__redis_name(char *out, size_t outlen, const char *host, uint16_t port) {
+    snprintf(out, outlen, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, (unsigned)port);
+}
+
+/* One uv_getaddrinfo. Freed by its callback; owner is NULL once abandoned
+ * (timeout, free). */
+struct sg__redis_resolve {
+    uv_getaddrinfo_t req;
+    void *owner;
+    struct sg__redis_resolve **slot; /* the owner's pointer to this */
+    sg__redis_resolved_cb done;
+    const char *host; /* the owner's, for the message */
+};
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+    struct sg__redis_resolve *rs = req->data;
+    void *owner = rs->owner;
+    sg__redis_resolved_cb done = rs->done;
+    const char *host = rs->host;
+    if (owner)
+        *rs->slot = NULL;
+    free(rs);
+    if (!owner) { /* abandoned */
+        uv_freeaddrinfo(res);
+        return;
+    }
+    /* IPv4 first, as hiredis itself does with a name: "localhost" often
+     * lists ::1 first while Redis listens on 127.0.0.1 only */
+    char addr[INET6_ADDRSTRLEN] = "";
+    for (int pass = 0; pass < 2 && !addr[0]; pass++) {
+        for (struct addrinfo *ai = status == 0 ? res : NULL; ai && !addr[0]; ai = ai->ai_next) {
+            if (pass == 0 && ai->ai_family == AF_INET)
+                uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, addr, sizeof(addr));
+            else if (pass == 1 && ai->ai_family == AF_INET6)
+                uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, addr, sizeof(addr));
+        }
+    }
+    uv_freeaddrinfo(res);
+    if (!addr[0]) {
+        char why[128];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", host,
+                 status ? uv_strerror(status) : "no address");
+        done(owner, NULL, why);
+        return;
+    }
+    done(owner, addr, NULL);
+}
+
+bool sg__redis_resolve(uv_loop_t *loop, const char *host, void *owner, sg__redis_resolved_cb done,
+                       struct sg__redis_resolve **slot) {
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1) {
+        done(owner, host, NULL);
+        return false;
+    }
+    struct sg__redis_resolve *rs = calloc(1, sizeof(*rs));
+    if (!rs) {
+        done(owner, NULL, "out of memory");
+        return false;
+    }
+    rs->owner = owner;
+    rs->slot = slot;
+    rs->done = done;
+    rs->host = host;
+    rs->req.data = rs;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = uv_getaddrinfo(loop, &rs->req, on_resolved, host, NULL, &hints);
+    if (rc != 0) {
+        free(rs);
+        char why[128];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", host, uv_strerror(rc));
+        done(owner, NULL, why);
+        return false;
+    }
+    *slot = rs;
+    return true;
+}
+
+void sg__redis_resolve_abandon(struct sg__redis_resolve **slot) {
+    if (!*slot)
+        return;
+    (*slot)->owner = NULL;
+    uv_cancel((uv_req_t *)&(*slot)->req);
+    *slot = NULL;
+}
+
+redisAsyncContext *sg__redis_connect(uv_loop_t *loop, const char *addr, uint16_t port, void *owner,
+                                     const struct sg__redis_hooks *hooks, char *why,
+                                     size_t whylen) {
+    redisAsyncContext *ac = redisAsyncConnect(addr, port);
+    if (!ac) {
+        snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    if (ac->err) {
+        snprintf(why, whylen, "%s", ac->errstr);
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    int rc = io_attach(loop, ac, owner, hooks->closing, hooks->closed);
+    if (rc != 0) {
+        snprintf(why, whylen, "cannot poll the socket: %s", uv_strerror(rc));
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = owner;
+    redisAsyncSetDisconnectCallback(ac, hooks->disconnected);
+    redisAsyncSetConnectCallback(ac, hooks->connected); /* also waits for writable */
+    return ac;
+}
+
+void sg__redis_why(char *why, size_t whylen, const redisAsyncContext *ac, int status,
+                   const char *dflt) {
+    snprintf(why, whylen, "%s", status == REDIS_OK || !ac->errstr[0] ? dflt : ac->errstr);
+}
+
+void sg__redis_retry_later(uv_timer_t *timer, uv_timer_cb retry, uint64_t *backoff_ms) {
+    uv_timer_start(timer, retry, *backoff_ms, 0);
+    *backoff_ms *= 2;
+    if (*backoff_ms > SG_REDIS_BACKOFF_MAX)
+        *backoff_ms = SG_REDIS_BACKOFF_MAX;
 }
 
 /* ---- completions ---- */
@@ -376,10 +500,7 @@ static void link_down(struct sg_redis *r, const char *why) {
                      (unsigned long long)r->backoff_ms);
     r->down = true;
     set_state(r, LINK_IDLE);
-    uv_timer_start(&r->timer, on_retry, r->backoff_ms, 0);
-    r->backoff_ms *= 2;
-    if (r->backoff_ms > SG_REDIS_BACKOFF_MAX)
-        r->backoff_ms = SG_REDIS_BACKOFF_MAX;
+    sg__redis_retry_later(&r->timer, on_retry, &r->backoff_ms);
 }
 
 /* Drops the context ourselves; its pending replies fail with err. */
@@ -398,7 +519,7 @@ static void on_connected(const redisAsyncContext *ac, int status) {
         return;
     if (status != REDIS_OK) { /* hiredis frees ac when this returns */
         char why[128];
-        snprintf(why, sizeof(why), "%s", ac->errstr[0] ? ac->errstr : "connect failed");
+        sg__redis_why(why, sizeof(why), ac, status, "connect failed");
         r->ac = NULL;
         uv_timer_stop(&r->timer);
         link_down(r, why);
@@ -421,66 +542,35 @@ static void on_disconnected(const redisAsyncContext *ac, int status) {
     if (r->ac != ac)
         return; /* we dropped it ourselves */
     char why[128];
-    snprintf(why, sizeof(why), "%s",
-             status == REDIS_OK || !ac->errstr[0] ? "closed by the server" : ac->errstr);
+    sg__redis_why(why, sizeof(why), ac, status, "closed by the server");
     r->ac = NULL;
     link_down(r, why);
 }
 
-/* Starts the TCP connect to addr, an address literal (hiredis would resolve
- * a name with a blocking getaddrinfo). */
+static const struct sg__redis_hooks link_hooks = {
+    .connected = on_connected,
+    .disconnected = on_disconnected,
+    .closing = link_io_closing,
+    .closed = link_io_closed,
+};
+
+/* Starts the TCP connect to addr, an address literal. */
 static void connect_addr(struct sg_redis *r, const char *addr) {
     char why[128];
-    redisAsyncContext *ac = redisAsyncConnect(addr, r->port);
+    redisAsyncContext *ac =
+        sg__redis_connect(r->loop, addr, r->port, r, &link_hooks, why, sizeof(why));
     if (!ac) {
-        link_down(r, "out of memory");
-        return;
-    }
-    if (ac->err) {
-        snprintf(why, sizeof(why), "%s", ac->errstr);
-        redisAsyncFree(ac);
         link_down(r, why);
         return;
     }
-    int rc = sg__redis_io_attach(r->loop, ac, r, link_io_closing, link_io_closed);
-    if (rc != 0) {
-        snprintf(why, sizeof(why), "cannot poll the socket: %s", uv_strerror(rc));
-        redisAsyncFree(ac);
-        link_down(r, why);
-        return;
-    }
-    ac->data = r;
     r->ac = ac;
     set_state(r, LINK_CONNECTING);
-    redisAsyncSetDisconnectCallback(ac, on_disconnected);
-    redisAsyncSetConnectCallback(ac, on_connected); /* also waits for writable */
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-    struct resolve *rs = req->data;
-    struct sg_redis *r = rs->r;
-    free(rs);
-    if (!r) { /* abandoned */
-        uv_freeaddrinfo(res);
-        return;
-    }
-    r->resolve = NULL;
-    /* IPv4 first, as hiredis itself does with a name: "localhost" often
-     * lists ::1 first while Redis listens on 127.0.0.1 only */
-    char addr[INET6_ADDRSTRLEN] = "";
-    for (int pass = 0; pass < 2 && !addr[0]; pass++) {
-        for (struct addrinfo *ai = status == 0 ? res : NULL; ai && !addr[0]; ai = ai->ai_next) {
-            if (pass == 0 && ai->ai_family == AF_INET)
-                uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, addr, sizeof(addr));
-            else if (pass == 1 && ai->ai_family == AF_INET6)
-                uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, addr, sizeof(addr));
-        }
-    }
-    uv_freeaddrinfo(res);
-    if (!addr[0]) {
-        char why[128];
-        snprintf(why, sizeof(why), "cannot resolve %s: %s", r->host,
-                 status ? uv_strerror(status) : "no address");
+/* The resolution of r->host ended (addr is r->host itself for a literal). */
+static void on_resolved_addr(void *p, const char *addr, const char *why) {
+    struct sg_redis *r = p;
+    if (!addr) {
         uv_timer_stop(&r->timer);
         link_down(r, why);
         return;
@@ -488,19 +578,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     connect_addr(r, addr);
 }
 
-/* Forgets the resolution in flight; it frees itself when done. */
-static void abandon_resolve(struct sg_redis *r) {
-    if (!r->resolve)
-        return;
-    r->resolve->r = NULL;
-    uv_cancel((uv_req_t *)&r->resolve->req);
-    r->resolve = NULL;
-}
-
 static void on_connect_timeout(uv_timer_t *t) {
     struct sg_redis *r = t->data;
     if (r->state == LINK_RESOLVING) {
-        abandon_resolve(r);
+        sg__redis_resolve_abandon(&r->resolve);
         link_down(r, "name resolution timed out");
     } else if (r->state == LINK_CONNECTING && r->ac) {
         drop(r, -ETIMEDOUT, "connect timed out");
@@ -509,34 +590,8 @@ static void on_connect_timeout(uv_timer_t *t) {
 
 static void start_connect(struct sg_redis *r) {
     uv_timer_start(&r->timer, on_connect_timeout, SG_REDIS_CONNECT_TIMEOUT, 0);
-    unsigned char buf[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, r->host, buf) == 1 || inet_pton(AF_INET6, r->host, buf) == 1) {
-        connect_addr(r, r->host);
-        return;
-    }
-    struct resolve *rs = calloc(1, sizeof(*rs));
-    if (!rs) {
-        uv_timer_stop(&r->timer);
-        link_down(r, "out of memory");
-        return;
-    }
-    rs->r = r;
-    rs->req.data = rs;
-    struct addrinfo hints;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = uv_getaddrinfo(r->loop, &rs->req, on_resolved, r->host, NULL, &hints);
-    if (rc != 0) {
-        free(rs);
-        char why[128];
-        snprintf(why, sizeof(why), "cannot resolve %s: %s", r->host, uv_strerror(rc));
-        uv_timer_stop(&r->timer);
-        link_down(r, why);
-        return;
-    }
-    r->resolve = rs;
-    set_state(r, LINK_RESOLVING);
+    if (sg__redis_resolve(r->loop, r->host, r, on_resolved_addr, &r->resolve))
+        set_state(r, LINK_RESOLVING);
 }
 
 /* The oldest command in flight may be late: if so the link is stuck. */
@@ -665,8 +720,7 @@ struct sg_redis *sg_redis_new(uv_loop_t *loop, const char *host, uint16_t port,
     }
     r->loop = loop;
     r->port = port;
-    snprintf(r->name, sizeof(r->name), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
-             (unsigned)port);
+    sg__redis_name(r->name, sizeof(r->name), host, port);
     make_node_id(r->node_id, sizeof(r->node_id), r);
     r->state = LINK_IDLE;
     r->backoff_ms = SG_REDIS_BACKOFF_MIN;
@@ -730,7 +784,7 @@ void sg_redis_free(struct sg_redis *r) {
     uv_timer_stop(&r->timer);
     uv_timer_stop(&r->cmd_timer);
     uv_timer_stop(&r->defer);
-    abandon_resolve(r);
+    sg__redis_resolve_abandon(&r->resolve);
     run_done(r);
     /* awaiting a reply: the caller hears now; hiredis still holds the reqs */
     for (struct sg_list *n = r->inflight.next; n != &r->inflight; n = n->next) {

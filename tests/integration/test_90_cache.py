@@ -34,6 +34,7 @@ class Client:
         self.c.request(method, path, body=body, headers=headers or {})
         r = self.c.getresponse()
         data = r.read()
+        self.last = r.getheaders()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, data
 
     def get(self, path, headers=None):
@@ -70,9 +71,13 @@ def test_miss_then_hit_with_age(gateway, backend):
     assert int(h2["age"]) >= 1
     assert h2["content-length"] == str(len(body1))
     assert h2["x-seq"] == h1["x-seq"]
-    # the query is part of the key
-    assert xc(c.get("/a?x=2")[1]) == "MISS"
+    # the query is part of the key; a backend's own X-Cache is replaced
+    s, h, _ = c.get("/a?x=2&" + q(X_Cache="HIT from upstream"))
+    assert xc(h) == "MISS"
+    assert [v for k, v in c.last if k.lower() == "x-cache"] == ["MISS"]
     assert nreq(b) == 2
+    s, h, _ = c.get("/a?x=2&" + q(X_Cache="HIT from upstream"))
+    assert [v for k, v in c.last if k.lower() == "x-cache"] == ["HIT"]
     # HEAD is answered from the GET's entry, without a body
     s, h, body = c.req("HEAD", "/a?x=1")
     assert (s, xc(h), body, h["content-length"]) == (200, "HIT", b"", str(len(body1)))
@@ -570,4 +575,34 @@ def test_redis_down_memory_tier_only(gateway, backend, redis_server):
         assert xc(h) == ("MISS" if i < 5 else "HIT")
     s, st = admin_call(g1.admin, "GET", "/api/v1/cache/stats")
     assert st["redis"]["connected"] is False
+    c.close()
+
+
+def test_redis_slow_goes_on_after_l2_timeout(gateway, backend, redis_server):
+    """Redis stuck (DEBUG SLEEP): a miss waits at most l2_timeout for it,
+    then goes to the backend; counted as a Redis error, no error answered."""
+    b, (g1, _) = two_gateways(gateway, backend, redis_server)
+    c = Client(g1.port)
+    assert xc(c.get("/warm")[1]) == "MISS"  # the links are up and used
+
+    def stall():
+        import socket
+        s = socket.create_connection(("127.0.0.1", int(redis_server)), timeout=5)
+        s.sendall(b"DEBUG SLEEP 1.5\r\n")
+        s.recv(100)
+        s.close()
+
+    t = threading.Thread(target=stall)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    s, h, _ = c.get("/slow-redis")
+    took = time.monotonic() - t0
+    t.join(10)
+    assert (s, xc(h)) == (200, "MISS")
+    assert took < 1.0, took  # not held for Redis' 1.5 s (l2_timeout is 50 ms)
+    st = admin_call(g1.admin, "GET", "/api/v1/cache/stats")[1]
+    assert st["redis"]["errors"] >= 1
+    # and the memory tier still answers
+    assert xc(c.get("/slow-redis")[1]) == "HIT"
     c.close()

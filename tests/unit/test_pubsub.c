@@ -19,173 +19,21 @@
 #include "redis/pubsub.h"
 #include "redis/redis.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
-#define REDIS_BIN "/usr/bin/redis-server"
-#define PREFIX    "sg:pstest:"
-#define CHAN      PREFIX "cache:inval"
-#define TTL       60000
+#include "redis_server.h" /* redis-server on a free port, the loop harness */
 
-/* ---- redis-server (as in test_redis.c) ---- */
+#define PREFIX "sg:pstest:"
+#define CHAN   PREFIX "cache:inval"
+#define TTL    60000
 
-static uint16_t g_port;
-static pid_t g_pid;
-
-static uint64_t now_ms(void) {
-    return uv_hrtime() / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static uint16_t free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(sa);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return 0;
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static bool port_accepts(uint16_t port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-static pid_t redis_start(uint16_t port) {
-    char portstr[8];
-    snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(126);
-        int devnull = open("/dev/null", O_RDWR);
-        if (devnull >= 0) {
-            dup2(devnull, STDIN_FILENO);
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        execl(REDIS_BIN, "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
-        _exit(127);
-    }
-    if (pid < 0)
-        return -1;
-    for (int i = 0; i < 500; i++) {
-        if (port_accepts(port))
-            return pid;
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return -1;
-        sleep_ms(10);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
-}
-
-static void redis_kill(pid_t pid) {
-    if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-    }
-}
-
-static int group_setup(void **state) {
-    (void)state;
-    signal(SIGPIPE, SIG_IGN);
-    sg_log_level = SG_LOG_ERROR;
-    if (access(REDIS_BIN, X_OK) != 0)
-        return 0; /* the tests that need it skip */
-    g_port = free_port();
-    g_pid = redis_start(g_port);
-    return g_pid > 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    redis_kill(g_pid);
-    return 0;
-}
-
-static void need_redis(void) {
-    if (g_pid <= 0)
-        skip();
-}
-
-/* ---- loop harness ---- */
-
-static void tick(uv_timer_t *t) {
-    (void)t;
-}
-
-/* Runs loop until pred(arg) or ms pass; returns pred(arg). */
-static bool run_until(uv_loop_t *loop, bool (*pred)(void *), void *arg, uint64_t ms) {
-    uv_timer_t t;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, tick, 2, 2);
-    uint64_t end = now_ms() + ms;
-    while (!(pred && pred(arg)) && now_ms() < end)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return pred && pred(arg);
-}
-
-static void run_for(uv_loop_t *loop, uint64_t ms) {
-    run_until(loop, NULL, NULL, ms);
-}
-
-static bool is_connected(void *arg) {
-    return sg_redis_connected(arg);
-}
-
-static bool flag_set(void *arg) {
-    return *(int *)arg != 0;
-}
-
-static void finish_loop(uv_loop_t *loop) {
-    assert_int_equal(uv_run(loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(loop), 0);
-}
-
+/* A link with this file's prefix, connected (2 s at most). */
 static struct sg_redis *connect_to(uv_loop_t *loop, uint16_t port) {
-    struct sg_redis *r = sg_redis_new(loop, "127.0.0.1", port, PREFIX);
-    assert_non_null(r);
-    assert_true(run_until(loop, is_connected, r, 2000));
-    return r;
+    return redis_link(loop, port, PREFIX);
 }
 
 /* ---- a subscriber's record ---- */
@@ -248,6 +96,12 @@ static bool sub_up(void *arg) {
     return c->up && sg_redis_sub_connected(c->s);
 }
 
+/* sub_start, then waits (2 s at most) until the subscription is active. */
+static void sub_connect(uv_loop_t *loop, struct rec *c, uint16_t port) {
+    sub_start(loop, c, port);
+    assert_true(run_until(loop, sub_up, c, 2000));
+}
+
 static bool sub_down(void *arg) {
     struct rec *c = arg;
     return !c->up && !sg_redis_sub_connected(c->s);
@@ -274,39 +128,12 @@ static void assert_msg(const struct rec *c, int i, const char *data, size_t len)
     assert_memory_equal(c->msg[i], data, len);
 }
 
-struct done {
-    int calls;
-    int err;
-};
-
-static void on_done(void *arg, int err) {
-    struct done *d = arg;
-    d->calls++;
-    d->err = err;
-}
-
 static void invalidate(uv_loop_t *loop, struct sg_redis *r, enum sg_cache_inval kind,
                        const char *arg, size_t len) {
     struct done d = {0};
     assert_int_equal(sg_cache_l2_invalidate(r, kind, arg, len, TTL, on_done, &d), 0);
     assert_true(run_until(loop, flag_set, &d.calls, 2000));
     assert_int_equal(d.err, 0);
-}
-
-/* A socket that accepts connections (the kernel does) and never answers. */
-static int silent_listener(uint16_t *port) {
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(lfd >= 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(sa);
-    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(lfd, 16), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
-    *port = ntohs(sa.sin_port);
-    return lfd;
 }
 
 /* ---- tests ---- */
@@ -344,8 +171,7 @@ static void test_invalidations_arrive(void **state) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct rec c;
-    sub_start(&loop, &c, g_port);
-    assert_true(run_until(&loop, sub_up, &c, 2000));
+    sub_connect(&loop, &c, g_port);
     assert_int_equal(c.ups, 1);
     struct sg_redis *r = connect_to(&loop, g_port);
     char chan[64];
@@ -374,8 +200,7 @@ static void test_invalidations_arrive(void **state) {
     assert_int_equal(c.nmsg, 4);
     /* two subscribers on one channel both hear */
     struct rec c2;
-    sub_start(&loop, &c2, g_port);
-    assert_true(run_until(&loop, sub_up, &c2, 2000));
+    sub_connect(&loop, &c2, g_port);
     invalidate(&loop, r, SG_CACHE_INVAL_ALL, NULL, 0);
     wait_msgs(&loop, &c, 5);
     wait_msgs(&loop, &c2, 1);
@@ -397,8 +222,7 @@ static void test_restart(void **state) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct rec c;
-    sub_start(&loop, &c, port);
-    assert_true(run_until(&loop, sub_up, &c, 2000));
+    sub_connect(&loop, &c, port);
     struct sg_redis *r = connect_to(&loop, port);
     invalidate(&loop, r, SG_CACHE_INVAL_PATH, "/before", 7);
     wait_msgs(&loop, &c, 1);
@@ -486,8 +310,7 @@ static void test_free_from_callbacks(void **state) {
     struct sg_redis *r = connect_to(&loop, g_port);
     /* from on_message, with more messages behind it in the same read */
     struct rec c;
-    sub_start(&loop, &c, g_port);
-    assert_true(run_until(&loop, sub_up, &c, 2000));
+    sub_connect(&loop, &c, g_port);
     c.free_on_message = true;
     for (int i = 0; i < 5; i++)
         assert_int_equal(sg_cache_l2_invalidate(r, SG_CACHE_INVAL_PATH, "/x", 2, TTL, NULL, NULL),
@@ -518,11 +341,9 @@ static void test_free_from_lost(void **state) {
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct rec c;
-    sub_start(&loop, &c, port);
-    assert_true(run_until(&loop, sub_up, &c, 2000));
+    sub_connect(&loop, &c, port);
     struct rec d;
-    sub_start(&loop, &d, port);
-    assert_true(run_until(&loop, sub_up, &d, 2000));
+    sub_connect(&loop, &d, port);
     d.free_on_down = true;
     redis_kill(pid);
     assert_true(run_until(&loop, sub_down, &c, 1000));
@@ -541,5 +362,6 @@ int main(void) {
         cmocka_unit_test(test_never_confirmed), cmocka_unit_test(test_free_from_callbacks),
         cmocka_unit_test(test_free_from_lost),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    sg_log_level = SG_LOG_ERROR;
+    return cmocka_run_group_tests(tests, redis_group_setup, redis_group_teardown);
 }

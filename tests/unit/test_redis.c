@@ -18,175 +18,19 @@
 #include "core/log.h"
 #include "redis/redis.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
-#define REDIS_BIN "/usr/bin/redis-server"
-#define TTL       600
+#include "redis_server.h" /* redis-server on a free port, the loop harness */
 
-/* ---- redis-server ---- */
+#define TTL 600
 
-static uint16_t g_port; /* the shared server of the group */
-static pid_t g_pid;
-
-static uint64_t now_ms(void) {
-    return uv_hrtime() / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* A port nothing listens on right now. */
-static uint16_t free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(sa);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return 0;
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static bool port_accepts(uint16_t port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-/* Starts redis-server on port and waits (5 s at most) until it accepts.
- * Returns its pid, or -1. */
-static pid_t redis_start(uint16_t port) {
-    char portstr[8];
-    snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(126);
-        int devnull = open("/dev/null", O_RDWR);
-        if (devnull >= 0) {
-            dup2(devnull, STDIN_FILENO);
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        execl(REDIS_BIN, "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
-        _exit(127);
-    }
-    if (pid < 0)
-        return -1;
-    for (int i = 0; i < 500; i++) {
-        if (port_accepts(port))
-            return pid;
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return -1;
-        sleep_ms(10);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
-}
-
-static void redis_kill(pid_t pid) {
-    if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-    }
-}
-
-static int group_setup(void **state) {
-    (void)state;
-    signal(SIGPIPE, SIG_IGN);
-    sg_log_level = SG_LOG_WARN;
-    if (access(REDIS_BIN, X_OK) != 0)
-        return 0; /* the tests that need it skip */
-    g_port = free_port();
-    g_pid = redis_start(g_port);
-    return g_pid > 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    redis_kill(g_pid);
-    return 0;
-}
-
-static void need_redis(void) {
-    if (g_pid <= 0)
-        skip();
-}
-
-/* ---- loop harness ---- */
-
-static void tick(uv_timer_t *t) {
-    (void)t;
-}
-
-/* Runs loop until pred(arg) or ms pass; returns pred(arg). */
-static bool run_until(uv_loop_t *loop, bool (*pred)(void *), void *arg, uint64_t ms) {
-    uv_timer_t t;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, tick, 2, 2);
-    uint64_t end = now_ms() + ms;
-    while (!(pred && pred(arg)) && now_ms() < end)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return pred && pred(arg);
-}
-
-static void run_for(uv_loop_t *loop, uint64_t ms) {
-    run_until(loop, NULL, NULL, ms);
-}
-
-static bool is_connected(void *arg) {
-    return sg_redis_connected(arg);
-}
-
-static bool flag_set(void *arg) {
-    return *(int *)arg != 0;
-}
-
-/* Runs the loop until every handle has closed; the loop must close clean. */
-static void finish_loop(uv_loop_t *loop) {
-    assert_int_equal(uv_run(loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(loop), 0);
-}
-
+/* A link with this file's prefix, connected (2 s at most). */
 static struct sg_redis *connect_to(uv_loop_t *loop, uint16_t port) {
-    struct sg_redis *r = sg_redis_new(loop, "127.0.0.1", port, "sg:test:");
-    assert_non_null(r);
-    assert_true(run_until(loop, is_connected, r, 2000));
-    return r;
+    return redis_link(loop, port, "sg:test:");
 }
 
 /* One command's outcome, copied out of the callback. */
@@ -486,21 +330,11 @@ static bool done_twice(void *arg) {
 
 static void test_command_timeout(void **state) {
     (void)state;
-    /* a socket that accepts connections (the kernel does) and never answers */
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(lfd >= 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(sa);
-    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(lfd, 16), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
-
+    uint16_t port;
+    int lfd = silent_listener(&port);
     uv_loop_t loop;
     uv_loop_init(&loop);
-    struct sg_redis *r = connect_to(&loop, ntohs(sa.sin_port));
+    struct sg_redis *r = connect_to(&loop, port);
     uint64_t t0 = now_ms();
     struct result a, b;
     memset(&a, 0, sizeof(a));
@@ -887,5 +721,6 @@ int main(void) {
         cmocka_unit_test(test_lease_lost_key),
         cmocka_unit_test(test_lease_redis_restart),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    sg_log_level = SG_LOG_WARN;
+    return cmocka_run_group_tests(tests, redis_group_setup, redis_group_teardown);
 }
