@@ -34,11 +34,18 @@ filled and a hit checked by its marker header (X-Cache: HIT, Age, X-Cache-Status
 X-Varnish with two ids) before the rounds and after; then part 1's scenarios, rounds and
 medians, direct to the backend as a reference, ratios to HAProxy's cache; the backend's write
 calls (/proc/PID/io) during each run count the requests that got past the cache.
+Part 7, metrics (scalegate only): a gateway with 50 routes over 10 pools of 10 servers (one
+live: the small backend; nine dead loopback addresses, marked down by the first health check)
+and an admin listener (bench/scalegate-metrics.yaml.tmpl); 2 s of wrk over every route, then
+(1) 200 sequential GET /metrics on one keep-alive connection, timed from the request sent to
+the body read (median, p99, max, size, sample lines; the body checked for the 50 routes and
+100 server series), and (2) the small, 64-connection load on /r0/ without (a) and with (b) a
+scraper thread every 100 ms, alternating over 3 rounds: medians and b / a.
 
 Python 3 standard library only. Run as:
   /usr/bin/python3 bench/bench.py --scalegate build/release/scalegate \
       --backend build/release/demo-backend [--only haproxy,scalegate] [--duration 6]
-      [--only-failover | --only-elasticity | --only-ratelimit | --only-cache]
+      [--only-failover | --only-elasticity | --only-ratelimit | --only-cache | --only-metrics]
 """
 
 import argparse
@@ -59,6 +66,7 @@ import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1662,6 +1670,305 @@ def cache_run(args, backends, tmpdir, quiet, scenarios):
     return res
 
 
+# ---------------------------------------------------------------- metrics
+
+METRICS_ROUTES = 50      # routes /r0/ .. /r49/, named r0 .. r49
+METRICS_POOLS = 10       # pools p0 .. p9 ...
+METRICS_PER_POOL = 10    # ... of 10 servers each: the small backend and 9 dead addresses
+METRICS_TARGET_MS = 10.0  # a scrape of that config under 10 ms (p99): the issue's target
+METRICS_FILL_S = 2       # seconds of wrk over every route before the scrapes
+METRICS_FILL_LUA = """-- written by bench/bench.py: GET /r0/ .. /r%d/ in turn
+local i = 0
+request = function()
+  local p = "/r" .. (i %% %d) .. "/"
+  i = i + 1
+  return wrk.format("GET", p)
+end
+"""
+METRICS_REQ_RX = re.compile(
+    r'^scalegate_requests_total\{route="([^"]*)",pool="([^"]*)",code="(\dxx)"\} (\d+)$', re.M)
+METRICS_UP_RX = re.compile(r'^scalegate_server_up\{pool="([^"]*)",server="([^"]*)"\} (\d+)$',
+                           re.M)
+
+
+def metrics_dead_addr(pool, j):
+    """The j-th dead server of a pool: a loopback address nobody listens on (127.0.9.0/24,
+    port 9; the connect is refused at once)."""
+    return "127.0.9.%d:9" % (pool * METRICS_PER_POOL + j)
+
+
+def metrics_yaml(small_port, keepalive):
+    """The pools and routes of bench/scalegate-metrics.yaml.tmpl."""
+    pools, routes = [], []
+    for p in range(METRICS_POOLS):
+        servers = ["127.0.0.1:%d" % small_port] + [metrics_dead_addr(p, j)
+                                                    for j in range(1, METRICS_PER_POOL)]
+        pools += ["  p%d:" % p,
+                  "    servers: [%s]" % ", ".join(servers),
+                  "    health: { interval: 1h, timeout: 1s, fall: 1, rise: 1 }",
+                  "    keepalive: %d" % keepalive,
+                  "    keepalive_timeout: 300s"]
+    for n in range(METRICS_ROUTES):
+        routes += ["  - name: r%d" % n,
+                   "    match: { path_prefix: /r%d/ }" % n,
+                   "    pool: p%d" % (n % METRICS_POOLS)]
+    return "\n".join(pools), "\n".join(routes)
+
+
+def scrape(conn, token):
+    """GET /metrics on a keep-alive http.client connection. Returns (seconds from the
+    request being sent to the whole body read, body, whether a new connection was opened);
+    raises on a status other than 200."""
+    fresh = conn.sock is None
+    t0 = time.perf_counter()
+    conn.request("GET", "/metrics", headers={"Authorization": "Bearer " + token})
+    r = conn.getresponse()
+    body = r.read()
+    dt = time.perf_counter() - t0
+    if r.status != 200:
+        raise RuntimeError("GET /metrics answered %d: %r" % (r.status, body[:200]))
+    return dt, body, fresh
+
+
+def metrics_inspect(body):
+    """What a scrape holds: its size, sample lines, route names with requests, the (pool,
+    server) series of scalegate_server_up and how many are up."""
+    text = body.decode("utf-8", "replace")
+    lines = text.splitlines()
+    per_route = {}
+    for route, _, _, v in METRICS_REQ_RX.findall(text):
+        per_route[route] = per_route.get(route, 0) + int(v)
+    up = {(p, s): int(v) for p, s, v in METRICS_UP_RX.findall(text)}
+    return {"bytes": len(body),
+            "samples": sum(1 for x in lines if x and not x.startswith("#")),
+            "families": sum(1 for x in lines if x.startswith("# TYPE ")),
+            "routes": sorted(r for r in per_route if re.fullmatch(r"r\d+", r)),
+            "routes_counted": sum(1 for r, v in per_route.items()
+                                  if re.fullmatch(r"r\d+", r) and v > 0),
+            "servers": len(up), "addresses": len({s for _, s in up}),
+            "servers_up": sum(1 for v in up.values() if v)}
+
+
+def metrics_expect(info):
+    """None if a scrape shows the whole config, or what is missing."""
+    want = ["r%d" % n for n in range(METRICS_ROUTES)]
+    missing = [r for r in want if r not in info["routes"]]
+    if missing:
+        return "no requests_total series for route(s) %s" % ",".join(missing[:5])
+    nserv = METRICS_POOLS * METRICS_PER_POOL
+    if info["servers"] != nserv:
+        return "%d server_up series, %d expected" % (info["servers"], nserv)
+    if info["servers_up"] != METRICS_POOLS:
+        return "%d servers up, %d expected (one per pool)" % (info["servers_up"],
+                                                                 METRICS_POOLS)
+    return None
+
+
+class Scraper(threading.Thread):
+    """Scrapes /metrics every `interval` seconds on one keep-alive connection until stop();
+    keeps each scrape's time (a scrape that runs late delays the next, never a burst)."""
+
+    def __init__(self, port, token, interval):
+        super().__init__(daemon=True)
+        self.port, self.token, self.interval = port, token, interval
+        self.done = threading.Event()
+        self.times, self.errors, self.reconnects = [], [], 0
+
+    def run(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5.0)
+        first = True
+        nxt = time.monotonic()
+        while not self.done.is_set():
+            try:
+                dt, _, fresh = scrape(conn, self.token)
+                self.times.append(dt)
+                self.reconnects += fresh and not first
+                first = False
+            except (OSError, http.client.HTTPException, RuntimeError) as e:
+                self.errors.append(str(e))
+                conn.close()
+            nxt = max(nxt + self.interval, time.monotonic())
+            self.done.wait(max(0.0, nxt - time.monotonic()))
+        conn.close()
+
+    def stop(self):
+        self.done.set()
+        self.join(10)
+
+
+def pct_rank(xs, pct):
+    """Nearest-rank percentile of xs (a list), None if empty."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[max(0, math.ceil(pct / 100.0 * len(s)) - 1)]
+
+
+def start_metrics_gateway(args, backends, tmpdir, tag):
+    """A scalegate with bench/scalegate-metrics.yaml.tmpl, its dead servers already marked
+    down. Returns (Proc, port, admin port, token); raises RuntimeError (the gateway stopped)."""
+    token = os.urandom(16).hex()
+    pools, routes = metrics_yaml(backends["small"][1], args.upstream_keepalive)
+    kv = proxy_kv(args, tmpdir, admin_port=free_port(), token_env=TOKEN_ENV, pools=pools,
+                  routes=routes, npools=METRICS_POOLS, per_pool=METRICS_PER_POOL,
+                  nservers=METRICS_POOLS * METRICS_PER_POOL, nroutes=METRICS_ROUTES)
+    proc, err = launch_proxy("scalegate", args, tmpdir, tag, "-metrics", kv,
+                             env=dict(os.environ, **{TOKEN_ENV: token}))
+    if proc is None:
+        raise RuntimeError("failed to start: " + err)
+    port, aport = kv["port"], kv["admin_port"]
+    deadline, last = time.time() + 10, "no answer"
+    while True:
+        if not proc.alive():
+            last = "exited with status %s: %s" % (proc.p.returncode, proc.stderr_tail())
+            break
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", aport, timeout=2.0)
+            try:
+                _, body, _ = scrape(conn, token)
+            finally:
+                conn.close()
+            info = metrics_inspect(body)
+            if info["servers"] == METRICS_POOLS * METRICS_PER_POOL and \
+                    info["servers_up"] == METRICS_POOLS:
+                last = None
+                break
+            last = "%d of %d servers up" % (info["servers_up"], info["servers"])
+        except (OSError, http.client.HTTPException, RuntimeError) as e:
+            last = str(e)
+        if time.time() > deadline:
+            last = "not ready after 10s (%s): %s" % (last, proc.stderr_tail())
+            break
+        time.sleep(0.1)
+    err = last or wait_ready(proc, port, "/r0/")
+    if err:
+        proc.stop()
+        raise RuntimeError("failed to start: " + err)
+    return proc, port, aport, token
+
+
+def metrics_run(args, backends, tmpdir, quiet):
+    """The metrics part: one gateway (50 routes, 100 servers), every route given traffic,
+    then (1) --metrics-scrapes sequential scrapes on one keep-alive connection, timed, and
+    (2) rounds of the small, 64-connection load on /r0/ without (a) and with (b) a scraper
+    thread every --metrics-interval-ms, the order alternating. Returns a dict for the report;
+    the gateway and the scraper are stopped before it returns."""
+    res = {"scrape": {}, "load": {"a": [], "b": []}, "notes": []}
+    proc, scraper = None, None
+    bproc = backends["small"][0]
+    try:
+        proc, port, aport, token = start_metrics_gateway(args, backends, tmpdir, "metrics")
+        watched = [proc, bproc]
+        lua = os.path.join(tmpdir, "wrk-metrics-routes.lua")
+        with open(lua, "w") as f:
+            f.write(METRICS_FILL_LUA % (METRICS_ROUTES - 1, METRICS_ROUTES))
+        fill = run_wrk(args, port, "/", 64, METRICS_FILL_S, watched, script=lua)
+        res["fill"] = {k: fill.get(k) for k in ("requests", "rps", "errors")}
+        log("metrics: %d requests over the %d routes in %d s (%d errors)" % (
+            fill["requests"], METRICS_ROUTES, METRICS_FILL_S, fill["errors"]))
+
+        # (1) scrape time
+        conn = http.client.HTTPConnection("127.0.0.1", aport, timeout=5.0)
+        try:
+            _, body, _ = scrape(conn, token)  # one before the timed ones, not counted
+            info = metrics_inspect(body)
+            bad = metrics_expect(info)
+            if not bad and info["routes_counted"] < METRICS_ROUTES:
+                bad = "only %d of %d routes have requests counted" % (
+                    info["routes_counted"], METRICS_ROUTES)
+            if bad:
+                raise RuntimeError("the scrape is not the expected one: " + bad)
+            quiet.wait(watched)
+            times, sizes, reconnects = [], set(), 0
+            cpu0 = proc.cpu()
+            for _ in range(args.metrics_scrapes):
+                dt, body, fresh = scrape(conn, token)
+                times.append(dt)
+                sizes.add(len(body))
+                reconnects += fresh
+            cpu1 = proc.cpu()
+        finally:
+            conn.close()
+        info = metrics_inspect(body)  # the last one
+        ms = [1000.0 * t for t in times]
+        res["scrape"] = dict(info, n=len(ms), times_ms=ms, median_ms=statistics.median(ms),
+                             p99_ms=pct_rank(ms, 99), max_ms=max(ms), min_bytes=min(sizes),
+                             max_bytes=max(sizes), reconnects=reconnects,
+                             cpu_ms=1000.0 * (cpu1 - cpu0) / len(ms))
+        bad = metrics_expect(info)
+        if bad:
+            res["scrape"]["error"] = "the last scrape is not the expected one: " + bad
+        s = res["scrape"]
+        log("metrics: %d scrapes of %d bytes, %d samples: median %.2f ms, p99 %.2f ms, max "
+            "%.2f ms; gateway CPU %.2f ms per scrape%s" % (
+                s["n"], s["bytes"], s["samples"], s["median_ms"], s["p99_ms"], s["max_ms"],
+                s["cpu_ms"], ", %d reconnects" % reconnects if reconnects else ""))
+
+        # (2) the request path with and without a scraper
+        for rnd in range(args.metrics_repeats):
+            for case in ("a", "b") if rnd % 2 == 0 else ("b", "a"):
+                if not proc.alive():
+                    res["load"][case].append({"error": "process died: " + proc.stderr_tail()})
+                    continue
+                quiet.wait(watched)
+                try:
+                    if case == "b":
+                        scraper = Scraper(aport, token, args.metrics_interval_ms / 1000.0)
+                        scraper.start()
+                    if args.warmup:
+                        run_wrk(args, port, "/r0/", 64, args.warmup, watched)
+                    k0 = len(scraper.times) if scraper else 0
+                    e0 = len(scraper.errors) if scraper else 0
+                    me0 = os.times()
+                    r = run_wrk(args, port, "/r0/", 64, args.duration, watched)
+                    me1 = os.times()
+                    # run_wrk counts the harness's own CPU (the scraper thread) as other load
+                    r["foreign"] = max(0.0, r["foreign"] - ((me1.user - me0.user) + (
+                        me1.system - me0.system)) / args.duration)
+                    if r.get("bytes_per_req", 1) < 1:
+                        r["error"] = "responses too short (%.0f bytes each)" % (
+                            r["bytes_per_req"])
+                    if scraper:
+                        ts = [1000.0 * t for t in scraper.times[k0:]]
+                        r["scrapes"] = len(ts)
+                        r["scrape_errors"] = len(scraper.errors) - e0
+                        r["scrape_median_ms"] = statistics.median(ts) if ts else None
+                        r["scrape_max_ms"] = max(ts) if ts else None
+                        if scraper.errors:
+                            r["scrape_error_detail"] = scraper.errors[-1]
+                except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                    r = {"error": str(e)}
+                finally:
+                    if scraper:
+                        scraper.stop()
+                        scraper = None
+                res["load"][case].append(r)
+                log("metrics round %d/%d (%s) %s%s" % (
+                    rnd + 1, args.metrics_repeats, case,
+                    r.get("error") or "%8.0f req/s  p50 %s  p99 %s  %s us/req" % (
+                        r["rps"], fmt_ms(r["p50"]), fmt_ms(r["p99"]),
+                        "%.1f" % r["cpu_us_per_req"] if "cpu_us_per_req" in r else "-"),
+                    "" if "scrapes" not in r else "  %d scrapes (median %s, max %s)%s" % (
+                        r["scrapes"], fmt_ms(r["scrape_median_ms"]),
+                        fmt_ms(r["scrape_max_ms"]),
+                        ", %d failed" % r["scrape_errors"] if r["scrape_errors"] else "")))
+    except (RuntimeError, subprocess.SubprocessError, OSError,
+            http.client.HTTPException) as e:
+        res["error"] = str(e)
+        log("metrics: %s" % e)
+    finally:
+        if scraper:
+            scraper.stop()
+        if proc is not None:
+            alive = proc.alive()
+            proc.stop()
+            rc = proc.p.returncode
+            if alive and rc not in (0, -signal.SIGTERM, 143):
+                res["notes"].append("scalegate on SIGTERM after the part: exit status %s: %s"
+                                    % (rc, proc.stderr_tail(2)))
+    return res
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -2147,8 +2454,133 @@ def report_cache(args, cache, notes):
     return lines
 
 
+def report_metrics(args, m, notes):
+    lines = []
+    add = lines.append
+    add("")
+    add("## Metrics (scalegate: GET /metrics with %d routes and %d servers, %d pools)" % (
+        METRICS_ROUTES, METRICS_POOLS * METRICS_PER_POOL, METRICS_POOLS))
+    add("")
+    if "error" in m:
+        add("failed: %s" % m["error"])
+        notes.append("metrics: " + m["error"])
+    s = m.get("scrape") or {}
+    if "median_ms" in s:
+        add("### Scrape time (%d sequential scrapes on one keep-alive connection)" % s["n"])
+        add("")
+        add("| scrapes | median | p99 | max | response | sample lines | routes / servers (up) | "
+            "gateway CPU per scrape | target |")
+        add("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        met = s["p99_ms"] < METRICS_TARGET_MS and "error" not in s
+        size = "%d bytes" % s["bytes"] if s["min_bytes"] == s["max_bytes"] else \
+            "%d-%d bytes" % (s["min_bytes"], s["max_bytes"])
+        add("| %d | %s | %s | %s | %s (%s) | %d | %d / %d (%d) | %s | p99 < %g ms: %s |" % (
+            s["n"], fmt_ms(s["median_ms"]), fmt_ms(s["p99_ms"]), fmt_ms(s["max_ms"]), size,
+            fmt_bytes(s["bytes"]), s["samples"], len(s["routes"]), s["servers"],
+            s["servers_up"], fmt_ms(s["cpu_ms"]), METRICS_TARGET_MS,
+            "met" if met else "**not met**"))
+        add("")
+        add("Time: from the request being sent to the last byte of the body read (Python's "
+            "http.client, the harness unpinned), after one scrape not counted; p99: nearest "
+            "rank. response: of the last scrape, %d metric families; sample lines: lines "
+            "that are not comments. routes / servers: route names with a "
+            "scalegate_requests_total series (all %d with requests counted, from %d s of wrk "
+            "over every route first) / (pool, server) series of scalegate_server_up (%d "
+            "distinct addresses: the small demo backend is the live server of every pool; "
+            "the others are dead loopback addresses, marked down by the first health check). "
+            "gateway CPU per scrape: the gateway's CPU time (user + system) over the scrapes "
+            "/ their number%s." % (
+                s["families"], s["routes_counted"], METRICS_FILL_S, s["addresses"],
+                "; %d scrapes opened a new connection" % s["reconnects"]
+                if s["reconnects"] else ""))
+        if "error" in s:
+            notes.append("metrics, scrape: " + s["error"])
+    load = m.get("load") or {}
+    a_runs, b_runs = load.get("a", []), load.get("b", [])
+    if a_runs or b_runs:
+        add("")
+        add("### The request path with metrics on (small, 64 conns, wrk -t%d to /r0/; "
+            "medians of %d rounds, %d s each)" % (args.wrk_threads, args.metrics_repeats,
+                                                  args.duration))
+        add("")
+        add("| case | req/s | p50 | p99 | CPU us/req | spread | scrapes during the runs |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        sums = {}
+        for case, runs, label in (
+                ("a", a_runs, "(a) no scraper"),
+                ("b", b_runs, "(b) scraping every %g ms" % args.metrics_interval_ms)):
+            sm = sums[case] = summarize(runs)
+            for r in runs:
+                if "error" in r:
+                    notes.append("metrics, %s, a round: %s" % (label, r["error"]))
+            if sm is None:
+                add("| %s | failed | | | | | |" % label)
+                continue
+            mark = ""
+            if sm["errors"]:
+                mark += " (%d errors)" % sm["errors"]
+                notes.append("metrics, %s: %s (summed over the rounds)" % (
+                    label, "; ".join(sm["error_detail"])))
+            if sm["foreign"] > args.foreign_limit:
+                mark += " *"
+            scr = ""
+            ok = [r for r in runs if "error" not in r]
+            if case == "b":
+                n = sum(r.get("scrapes", 0) for r in ok)
+                fails = sum(r.get("scrape_errors", 0) for r in ok)
+                scr = "%d (%.1f/s), median %s, max %s%s" % (
+                    n, n / max(1, len(ok) * args.duration),
+                    fmt_ms(median([r.get("scrape_median_ms") for r in ok])),
+                    fmt_ms(max([r["scrape_max_ms"] for r in ok
+                                if r.get("scrape_max_ms") is not None], default=None)),
+                    ", %d failed" % fails if fails else "")
+                for r in ok:
+                    if r.get("scrape_error_detail"):
+                        notes.append("metrics, scraper: " + r["scrape_error_detail"])
+            add("| %s | %.0f%s | %s | %s | %s | %.0f%% | %s |" % (
+                label, sm["rps"], mark, fmt_ms(sm["p50"]), fmt_ms(sm["p99"]),
+                "%.1f" % sm["cpu_us"] if sm["cpu_us"] else "-", 100 * sm["spread"], scr))
+        # b / a within a round (runs of one round are back to back)
+        pairs = [(a, b) for a, b in zip(a_runs, b_runs) if "error" not in a and
+                 "error" not in b]
+        ratios = [b["rps"] / a["rps"] for a, b in pairs if a["rps"]]
+        cpu_ratios = [b["cpu_us_per_req"] / a["cpu_us_per_req"] for a, b in pairs
+                      if a.get("cpu_us_per_req") and b.get("cpu_us_per_req")]
+        if ratios:
+            rmed = statistics.median(ratios)
+            rspread = (max(ratios) - min(ratios)) / rmed if rmed else 0.0
+            noise = max(sums["a"]["spread"], sums["b"]["spread"]) if sums.get("a") and \
+                sums.get("b") else 0.0
+            within = abs(rmed - 1.0) <= max(noise, rspread)
+            disturbed = any(sm and sm["foreign"] > args.foreign_limit for sm in sums.values())
+            add("| b / a | %.2f | %s | %s | %s | %.0f%% | ≈ 1.00: %s%s |" % (
+                rmed,
+                fmt_r(median([b["p50"] / a["p50"] for a, b in pairs if a["p50"] and b["p50"]])),
+                fmt_r(median([b["p99"] / a["p99"] for a, b in pairs if a["p99"] and b["p99"]])),
+                fmt_r(median(cpu_ratios)), 100 * rspread,
+                "within noise" if within else "**outside the noise**",
+                " (other load in some rounds: *)" if disturbed else ""))
+            add("")
+            add("req/s, p50, p99, CPU us/req (the gateway's CPU time per request; in (b) it "
+                "includes the scrapes): medians over the rounds; spread: (max - min) / median "
+                "req/s. b / a: median over the rounds of (b) divided by (a) of the same round "
+                "(per round: %s; the order of (a) and (b) alternates from round to round); "
+                "its spread is that of the per-round ratios. \"within noise\": |b / a - 1| is "
+                "no larger than the spread of (a), (b) or the ratios. Scrapes: one keep-alive "
+                "connection from a thread of the harness, every %g ms (Prometheus scrapes "
+                "every 15 s by default), from before the warm-up to the end of the run; "
+                "counted, with their times, over the measured runs." % (
+                    ", ".join("%.3f" % x for x in ratios), args.metrics_interval_ms))
+        if any("*" in x for x in lines if x.startswith("| (")):
+            add("* other processes used more than %.0f%% of a core during at least one round."
+                % (100 * args.foreign_limit))
+    for n in m.get("notes", []):
+        notes.append("metrics: " + n)
+    return lines
+
+
 def report(args, scenarios, results, failures, memory, meta, failover=None,
-           elasticity=None, ratelimit=None, cache=None):
+           elasticity=None, ratelimit=None, cache=None, metrics=None):
     lines = []
     add = lines.append
     if args.no_throughput:
@@ -2221,6 +2653,8 @@ def report(args, scenarios, results, failures, memory, meta, failover=None,
         lines += report_ratelimit(args, ratelimit, notes)
     if cache:
         lines += report_cache(args, cache, notes)
+    if metrics:
+        lines += report_metrics(args, metrics, notes)
     if notes:
         add("")
         add("Problems:")
@@ -2364,6 +2798,15 @@ def main():
     ap.add_argument("--only-cache", action="store_true",
                     help="only the cache-hit part (every contender serving one URL from its "
                          "cache; varnish too)")
+    ap.add_argument("--no-metrics", action="store_true", help="skip the metrics part")
+    ap.add_argument("--only-metrics", action="store_true",
+                    help="only the metrics part (scrape time; the request path while scraped)")
+    ap.add_argument("--metrics-scrapes", type=int, default=200,
+                    help="timed sequential scrapes of GET /metrics")
+    ap.add_argument("--metrics-repeats", type=int, default=3,
+                    help="rounds of the runs without (a) and with (b) a scraper")
+    ap.add_argument("--metrics-interval-ms", type=float, default=100,
+                    help="the scraper's interval in (b)")
     ap.add_argument("--upstream-keepalive", type=int, default=1024,
                     help="idle upstream connections nginx and scalegate may keep per server")
     ap.add_argument("--forward-headers", action="store_true",
@@ -2380,29 +2823,37 @@ def main():
     ap.add_argument("--out", default="build/bench/results.md")
     args = ap.parse_args()
     if sum((args.only_failover, args.only_elasticity, args.only_ratelimit,
-            args.only_cache)) > 1:
-        ap.error("--only-failover, --only-elasticity, --only-ratelimit and --only-cache "
-                 "exclude each other")
+            args.only_cache, args.only_metrics)) > 1:
+        ap.error("--only-failover, --only-elasticity, --only-ratelimit, --only-cache and "
+                 "--only-metrics exclude each other")
     if args.only_failover:
         if args.no_failover:
             ap.error("--only-failover and --no-failover exclude each other")
         args.no_throughput = args.no_memory = args.no_elasticity = args.no_ratelimit = True
-        args.no_cache = True
+        args.no_cache = args.no_metrics = True
     if args.only_elasticity:
         if args.no_elasticity:
             ap.error("--only-elasticity and --no-elasticity exclude each other")
         args.no_throughput = args.no_memory = args.no_failover = args.no_ratelimit = True
-        args.no_cache = True
+        args.no_cache = args.no_metrics = True
     if args.only_ratelimit:
         if args.no_ratelimit:
             ap.error("--only-ratelimit and --no-ratelimit exclude each other")
         args.no_throughput = args.no_memory = args.no_failover = args.no_elasticity = True
-        args.no_cache = True
+        args.no_cache = args.no_metrics = True
     if args.only_cache:
         if args.no_cache:
             ap.error("--only-cache and --no-cache exclude each other")
         args.no_throughput = args.no_memory = args.no_failover = args.no_elasticity = True
-        args.no_ratelimit = True
+        args.no_ratelimit = args.no_metrics = True
+    if args.only_metrics:
+        if args.no_metrics:
+            ap.error("--only-metrics and --no-metrics exclude each other")
+        args.no_throughput = args.no_memory = args.no_failover = args.no_elasticity = True
+        args.no_ratelimit = args.no_cache = True
+    if args.metrics_scrapes < 1 or args.metrics_repeats < 1 or args.metrics_interval_ms <= 0:
+        ap.error("--metrics-scrapes, --metrics-repeats and --metrics-interval-ms must be "
+                 "positive")
     try:
         args.rl_mem_keys = [int(x) for x in args.rl_mem_keys.split(",") if x.strip()]
     except ValueError:
@@ -2479,14 +2930,17 @@ def main():
     rl_runs = (2 * (rl_cases - 1) * args.rl_repeats + 1) if rl_on else 0
     cache_on = not args.no_cache and any(c != "direct" for c in args.cache_only)
     cache_runs = len(scenarios) * len(args.cache_only) * args.repeats if cache_on else 0
+    metrics_on = not args.no_metrics and "scalegate" in args.only
+    metrics_runs = 2 * args.metrics_repeats if metrics_on else 0
     runs = 0 if args.no_throughput else len(scenarios) * len(args.only) * args.repeats
     est = runs * (args.duration + args.warmup + 1) + fo_runs * (
         args.failover_duration + args.warmup + 3) + el_runs * (
         args.elasticity_base + args.elasticity_step + 4) + (rl_runs * (
             args.rl_duration + 1) + rl_cases * 8 +
         12 * len(args.rl_mem_keys) if rl_on else 0) + cache_runs * (
-        args.duration + args.warmup + 1)
-    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s%s%s%s, about %d "
+        args.duration + args.warmup + 1) + (metrics_runs * (args.duration + args.warmup + 1) +
+                                            METRICS_FILL_S + 5 if metrics_on else 0)
+    log("%d throughput runs (%d contenders x %d scenarios x %d rounds)%s%s%s%s%s%s, about %d "
         "min; %s" % (runs, len(args.only), len(scenarios), args.repeats,
                      "" if args.no_memory else ", the memory test",
                      ", %d failover runs" % fo_runs if fo_runs else "",
@@ -2494,6 +2948,8 @@ def main():
                      ", %d rate-limiting runs and %d memory fills" % (
                          rl_runs, len(args.rl_mem_keys)) if rl_on else "",
                      ", %d cache-hit runs" % cache_runs if cache_runs else "",
+                     ", %d scrapes and %d metrics runs" % (args.metrics_scrapes, metrics_runs)
+                     if metrics_on else "",
                      (est + 59) // 60 + (0 if args.no_memory else 1), placement(args)))
 
     # SIGTERM (or SIGINT, even where it came ignored) ends the harness through its finally
@@ -2504,9 +2960,11 @@ def main():
     quiet = Quiet(args.quiet_wait, 3 * args.quiet_wait + 60, args.foreign_limit)
     tmpdir = tempfile.mkdtemp(prefix="scalegate-bench-")
     backends = start_backends(args, tmpdir) if not (args.no_throughput and args.no_memory and
-                                                    not rl_on and not cache_on) else {}
+                                                    not rl_on and not cache_on and
+                                                    not metrics_on) else {}
     contenders, failures = {}, {}
     results, memory, failover, elasticity, ratelimit, cache = {}, {}, {}, {}, {}, {}
+    metrics = {}
     try:
         if not args.no_throughput:
             for c in args.only:
@@ -2600,6 +3058,12 @@ def main():
         if cache_on:
             log("cache hits: %s, %d rounds" % (", ".join(args.cache_only), args.repeats))
             cache = cache_run(args, backends, tmpdir, quiet, scenarios)
+        if metrics_on:
+            log("metrics: %d routes, %d servers; %d scrapes, then %d rounds without and with a "
+                "scraper every %g ms" % (METRICS_ROUTES, METRICS_POOLS * METRICS_PER_POOL,
+                                         args.metrics_scrapes, args.metrics_repeats,
+                                         args.metrics_interval_ms))
+            metrics = metrics_run(args, backends, tmpdir, quiet)
     finally:
         for c, (proc, _) in contenders.items():
             if proc:
@@ -2613,7 +3077,7 @@ def main():
         version_of([args.haproxy, "-v"]), version_of(["wrk", "-v"]),
         "; " + version_of([args.varnishd, "-V"]) if cache_on else "")
     text = report(args, scenarios, results, failures, memory, meta, failover, elasticity,
-                  ratelimit, cache)
+                  ratelimit, cache, metrics)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -2623,7 +3087,8 @@ def main():
            "failures": failures, "memory": memory, "failover": failover,
            "elasticity": elasticity, "ratelimit": ratelimit,
            "cache": {k: ({"%s %s %d" % (c, s, n): v for (c, (s, n)), v in v.items()}
-                         if k == "results" else v) for k, v in cache.items()}}
+                         if k == "results" else v) for k, v in cache.items()},
+           "metrics": metrics}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
     troubles = failures or any("error" in r for rs in results.values() for r in rs) or any(
@@ -2634,7 +3099,9 @@ def main():
         "error" in r for rs in ratelimit.get("cases", {}).values() for r in rs) or any(
         "error" in m for m in ratelimit.get("memory", [])) or bool(cache.get("failures")) or any(
         "error" in r for rs in cache.get("results", {}).values() for r in rs) or bool(
-        cache.get("notes"))
+        cache.get("notes")) or "error" in metrics or "error" in metrics.get("scrape", {}) or any(
+        "error" in r for rs in metrics.get("load", {}).values() for r in rs) or bool(
+        metrics.get("notes"))
     if troubles or args.keep:
         log("wrote %s (and .json); configs and logs kept in %s" % (args.out, tmpdir))
     else:

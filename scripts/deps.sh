@@ -13,7 +13,7 @@ pkgs="gcc make pkg-config libuv1-dev libyaml-dev libjansson-dev libhiredis-dev c
 for want in "$@"; do
     case "$want" in
     run) ;;
-    test) pkgs="$pkgs libcmocka-dev python3 python3-pytest procps wrk redis-server" ;;
+    test) pkgs="$pkgs libcmocka-dev python3 python3-pytest procps wrk redis-server chromium prometheus" ;;
     bench) pkgs="$pkgs wrk nginx-light haproxy varnish procps python3 redis-server" ;;
     fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
     *) echo "deps.sh: unknown set '$want' (run, test, bench, fuzz)" >&2; exit 2 ;;

@@ -18,10 +18,15 @@
 #include <uv.h>
 
 #include "cache/cache.h"
+#include "core/version.h"
+#include "stats/accesslog.h"
+#include "stats/stats.h"
 #include "cache/cache_admin.h"
 #include "cache/l2.h"
 #include "redis/pubsub.h"
 #include "admin/admin.h"
+#include "admin/api.h"
+#include "admin/dashboard.h"
 #include "config/config.h"
 #include "core/log.h"
 #include "pool/health.h"
@@ -33,10 +38,9 @@
 #include "scale/scaler.h"
 #include "server/server.h"
 
-#define SG_VERSION "0.1.0"
-
 static uv_loop_t *loop;
-static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
+static bool log_level_flag; /* -d or -q: the config's log.level does not apply */
 static uv_timer_t shutdown_timer;
 static const char *config_path;
 static struct sg_config *running;      /* what the workers run: derived by the autoscaler */
@@ -85,6 +89,7 @@ static void finish(void *arg) {
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&sig_usr1, NULL);
     uv_close((uv_handle_t *)&shutdown_timer, NULL);
     uv_close((uv_handle_t *)&shed_timer, NULL);
 }
@@ -171,26 +176,36 @@ static int rate_limits_ready(const struct sg_config *cfg) {
     return 0;
 }
 
-static void on_reload_signal(uv_signal_t *s, int signum) {
-    (void)s;
-    (void)signum;
+/*
+ * Loads the config file again and runs it: SIGHUP and POST /api/v1/reload
+ * (admin/api.h). Returns 0 when the new config runs; -1 when the file is
+ * invalid, with *errs_out filled if not NULL (the caller frees it); -2 when
+ * it could not be applied (logged); -3 while stopping.
+ */
+static void apply_logs(const struct sg_config *cfg, bool reload);
+
+static int reload_config(struct sg_config_errors *errs_out) {
     if (stopping)
-        return;
+        return -3;
     struct sg_config_errors errs = {0};
     struct sg_config *cfg = sg_config_load(config_path, &errs);
     if (!cfg) {
         for (size_t i = 0; i < errs.n; i++)
             sg_log_error("reload: %s", errs.msgs[i]);
         sg_log_error("reload failed: %s is invalid; keeping the running config", config_path);
-        sg_config_errors_free(&errs);
-        return;
+        if (errs_out)
+            *errs_out = errs;
+        else
+            sg_config_errors_free(&errs);
+        return -1;
     }
     sg_config_errors_free(&errs);
+    sg_stats_assign(cfg);
     warn_restart_only(running, cfg);
     if (rate_limits_ready(cfg) != 0) {
         sg_log_error("reload failed: out of memory; keeping the running config");
         sg_config_unref(cfg);
-        return;
+        return -2;
     }
     struct sg_config *loaded_before = sg_config_ref(running->base ? running->base : running);
     struct sg_config *run = sg_scaler_apply(scaler, cfg);
@@ -200,8 +215,9 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
         sg_config_unref(run);
         sg_config_unref(sg_scaler_apply(scaler, loaded_before));
         sg_config_unref(loaded_before);
-        return;
+        return -2;
     }
+    int rc = 0;
     struct sg_config *ref = sg_config_ref(run);
     if (sg_server_reload(run) == 0) {
         sg_config_unref(running);
@@ -210,14 +226,53 @@ static void on_reload_signal(uv_signal_t *s, int signum) {
         if (admin)
             sg_admin_set_token(admin, running->admin.token);
         sg_cache_reconfigure(running);
+        apply_logs(running, true);
         if (redis)
             sg_cache_admin_set_redis(redis, running->cache.l2_ttl_ms);
         sg_log_info("reloaded %s", config_path);
     } else {
         sg_config_unref(ref);
         sg_config_unref(sg_scaler_apply(scaler, loaded_before)); /* back to the old one */
+        rc = -2;
     }
     sg_config_unref(loaded_before);
+    return rc;
+}
+
+static void on_reload_signal(uv_signal_t *s, int signum) {
+    (void)s;
+    (void)signum;
+    reload_config(NULL);
+}
+
+/* The admin API's pools, config and reload endpoints (admin/api.h). */
+static struct sg_admin_api admin_api = {.running = &running, .reload = reload_config};
+
+/* log.level and log.access of cfg (at a reload: the access log is opened
+ * again, at its new path if it moved, or closed). */
+static void apply_logs(const struct sg_config *cfg, bool reload) {
+    if (!log_level_flag)
+        sg_log_level = cfg->log_level >= 0 ? (enum sg_log_level)cfg->log_level : SG_LOG_INFO;
+    if (!reload)
+        return;
+    int err = sg_alog_open(cfg->access_log);
+    if (err < 0)
+        sg_log_error("log.access %s: cannot open: %s; writing on to the old file", cfg->access_log,
+                     strerror(-err));
+}
+
+/* SIGUSR1: the access log is opened again (after logrotate moved it). */
+static void on_reopen_signal(uv_signal_t *s, int signum) {
+    (void)s;
+    (void)signum;
+    if (running == NULL || running->access_log == NULL)
+        return;
+    int err = sg_alog_open(running->access_log);
+    if (err < 0)
+        sg_log_error("log.access %s: cannot reopen: %s; writing on to the old file",
+                     running->access_log, strerror(-err));
+    else
+        sg_log_info("access log %s reopened", running->access_log);
 }
 
 static void on_shed(uv_timer_t *t) {
@@ -250,6 +305,33 @@ static void on_cache_sub_state(void *arg, bool connected) {
     if (connected)
         was_up = true;
     sg_cache_admin_set_subscribed(connected);
+}
+
+static void scaler_metrics(void *arg, struct sg_text *out) {
+    (void)arg;
+    sg_scaler_prometheus(scaler, out);
+}
+
+/* GET /metrics: the Prometheus exposition (docs/metrics.md). */
+static bool metrics_handler(void *arg, const struct sg_admin_request *req,
+                            struct sg_admin_response *resp) {
+    (void)arg;
+    if (req->path_len != 8)
+        return false; /* "/metricsX": not ours */
+    if (req->method != SG_METHOD_GET && req->method != SG_METHOD_HEAD) {
+        resp->status = 405;
+        return true;
+    }
+    struct sg_text t = {0};
+    struct sg_stats_scrape sc = {
+        .cfg = running,
+        .scaler = scaler_metrics,
+        .redis_up = redis ? sg_redis_connected(redis) : -1,
+    };
+    sg_stats_render(&sc, &t);
+    resp->text = sg_text_take(&t, &resp->text_len);
+    resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+    return true;
 }
 
 /* The admin listener and the Redis link (start-up only). Returns 0 or -1. */
@@ -285,6 +367,11 @@ static int start_control(const struct sg_config *cfg) {
         }
         sg_admin_add_handler(admin, "/api/v1/scaling/", sg_scaler_admin, scaler);
         sg_admin_add_handler(admin, "/api/v1/cache/", sg_cache_admin, NULL);
+        sg_admin_add_handler(admin, "/api/v1/pools", sg_admin_api, &admin_api);
+        sg_admin_add_handler(admin, "/api/v1/config", sg_admin_api, &admin_api);
+        sg_admin_add_handler(admin, "/api/v1/reload", sg_admin_api, &admin_api);
+        sg_admin_add_handler(admin, "/metrics", metrics_handler, NULL);
+        sg_admin_add_handler(admin, "/", sg_dashboard_admin, NULL); /* last */
         sg_log_info("admin API on %s (token from %s)", cfg->admin.listen.text,
                     cfg->admin.token_from ? cfg->admin.token_from : "?");
     }
@@ -302,9 +389,11 @@ int main(int argc, char **argv) {
             check = 1;
             break;
         case 'd':
+            log_level_flag = true;
             sg_log_level = SG_LOG_DEBUG;
             break;
         case 'q':
+            log_level_flag = true;
             sg_log_level = SG_LOG_WARN;
             break;
         case 'v':
@@ -337,11 +426,22 @@ int main(int argc, char **argv) {
         sg_config_unref(running);
         return 0;
     }
+    sg_stats_assign(running);
+    apply_logs(running, false);
+    if (running->access_log) {
+        int err = sg_alog_open(running->access_log);
+        if (err < 0) {
+            fprintf(stderr, "scalegate: log.access %s: %s\n", running->access_log, strerror(-err));
+            sg_config_unref(running);
+            return 1;
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_usr1);
     uv_timer_init(loop, &shutdown_timer);
     scaler = sg_scaler_new(loop, on_publish, NULL);
     if (sg_cache_init(running) != 0) {
@@ -372,12 +472,15 @@ int main(int argc, char **argv) {
     uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&sig_hup, on_reload_signal, SIGHUP);
+    uv_signal_start(&sig_usr1, on_reopen_signal, SIGUSR1);
     uv_run(loop, UV_RUN_DEFAULT);
     sg_server_cleanup();
+    sg_alog_cleanup();
     uv_run(loop, UV_RUN_DEFAULT); /* close callbacks */
     sg_config_unref(running);
     sg_ratelimit_cleanup();
     sg_cache_shutdown();
+    sg_stats_cleanup();
     uv_loop_close(loop);
     sg_log_info("stopped");
     return 0;

@@ -551,6 +551,11 @@ static bool is_health(const struct conn *c) {
            memcmp(c->in + c->path_off, "/health", 7) == 0;
 }
 
+static bool is_dashboard_page(const struct conn *c) {
+    return (c->method_id == SG_METHOD_GET || c->method_id == SG_METHOD_HEAD) &&
+           (c->path_len == 0 || (c->path_len == 1 && c->in[c->path_off] == '/'));
+}
+
 /*
  * Parses the head at the front of c->in. Returns true when it is complete
  * and the request may go on (to its body, or to dispatch); false when more
@@ -593,7 +598,9 @@ static bool read_head(struct conn *c) {
     bool has_body = c->body == SG_BODY_CHUNKED || (c->body == SG_BODY_LENGTH && c->content_length);
     /* The token is checked before the body is read: without it nobody can
      * make us buffer a body. */
-    bool no_auth = is_health(c);
+    /* The dashboard page (GET/HEAD of exactly "/", dashboard.h) holds no
+     * data, so it is public like /health; what it fetches needs the token. */
+    bool no_auth = is_health(c) || is_dashboard_page(c);
     if (!no_auth && !authorized(c->a, &msg)) {
         sg_log_warn("admin conn %u: 401 for %.*s %.*s: %s", c->id, (int)c->method_len,
                     c->in + c->method_off, (int)(c->path_len > 200 ? 200 : c->path_len),

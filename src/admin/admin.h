@@ -6,9 +6,11 @@
  * most SG_ADMIN_MAX_BODY bytes, Content-Length or chunked) before a handler
  * runs; handlers are synchronous and answer JSON or a text body.
  *
- * GET (and HEAD) /health is answered here without a token. Every other request needs
- * "Authorization: Bearer <token>"; with no token configured every such
- * request is refused (the API is never open by default).
+ * GET (and HEAD) /health is answered here without a token, and GET (and
+ * HEAD) / goes to the handlers without one (the dashboard page, which holds
+ * no data). Every other request needs "Authorization: Bearer <token>"; with
+ * no token configured every such request is refused (the API is never open
+ * by default).
  *
  * Every response carries Content-Length (except 204 and 304), Cache-Control:
  * no-store and a Date; error responses have a JSON body {"error": "..."}.

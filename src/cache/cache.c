@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "pool/balance.h"
 #include "redis/redis.h"
+#include "stats/accesslog.h"
 
 /* A request's cache state from its miss to the end of its exchange. */
 struct sg_cache_req {
@@ -232,6 +233,8 @@ static bool write_entry(struct sg_conn *c, const struct sg_http_msg *msg, struct
     };
     if (s.not_modified)
         count(c->w->index, C_NOT_MODIFIED);
+    if (c->alog)
+        c->alog->cache = x_cache;
     struct sg_buf *b = sg_buf_get_size(sg_cache_serve_head_size(&o, &s) + SG_BUF_HOLD);
     int n = sg_cache_serve_head(&o, &s, b->data, b->cap - SG_BUF_HOLD);
     if (n < 0) {
@@ -248,6 +251,7 @@ static bool write_entry(struct sg_conn *c, const struct sg_http_msg *msg, struct
         sg_buf_hold(b, unref_entry, e); /* a queued write keeps the body alive */
     }
     int r = sg_conn_write(c, bufs, nb, b, NULL);
+    sg_conn_count(c, s.not_modified ? 304 : o.m.status);
     if (r != 1)
         sg_buf_put(b);
     if (r < 0) {

@@ -175,6 +175,7 @@ void sg__config_free(struct sg_config *c) {
         return;
     }
     free(c->path);
+    free(c->access_log);
     free(c->admin.listen.text);
     free(c->admin.token);
     free(c->admin.token_from);
@@ -202,6 +203,7 @@ void sg__config_free(struct sg_config *c) {
     for (size_t i = 0; i < c->nroutes; i++) {
         struct sg_route *r = &c->routes[i];
         free(r->host);
+        free(r->name);
         free(r->path_prefix);
         free((void *)r->in_flight);
         free((void *)r->queued);

@@ -200,9 +200,12 @@ struct sg_route_cache {
 };
 
 struct sg_route {
-    char *host;        /* NULL = any; exact match, case-insensitive, port ignored;
-                          "*.example.com" matches any subdomain */
-    char *path_prefix; /* NULL = any */
+    char *name;             /* NULL = none: the metrics label is made from host and path_prefix */
+    uint32_t stats_id;      /* metrics series (route, pool) and (route, read_pool); set by */
+    uint32_t stats_read_id; /*   sg_stats_assign, carried by derived snapshots */
+    char *host;             /* NULL = any; exact match, case-insensitive, port ignored;
+                               "*.example.com" matches any subdomain */
+    char *path_prefix;      /* NULL = any */
     size_t path_prefix_len;
     uint32_t methods; /* bit (1u << enum sg_http_method); 0 = any */
     struct sg_pool *pool;
@@ -255,10 +258,10 @@ struct sg_redis_cfg {
 
 /* The response cache's process-wide settings (the top-level "cache"). */
 struct sg_cache_cfg {
-    uint64_t memory_bytes;     /* L1 cap (default 100MB) */
-    uint64_t max_object_size;  /* larger responses pass uncached (default 1MB) */
-    uint64_t l2_ttl_ms;        /* Redis tier lifetime (default 1h; 0: no Redis tier) */
-    uint64_t l2_timeout_ms;    /* a Redis tier answer later than this is a miss (default 50ms) */
+    uint64_t memory_bytes;    /* L1 cap (default 100MB) */
+    uint64_t max_object_size; /* larger responses pass uncached (default 1MB) */
+    uint64_t l2_ttl_ms;       /* Redis tier lifetime (default 1h; 0: no Redis tier) */
+    uint64_t l2_timeout_ms;   /* a Redis tier answer later than this is a miss (default 50ms) */
 };
 
 struct sg_config {
@@ -276,6 +279,8 @@ struct sg_config {
     struct sg_admin_cfg admin;
     struct sg_redis_cfg redis;
     struct sg_cache_cfg cache;
+    char *access_log; /* log.access: a file path or "stdout"; NULL = no access log */
+    int log_level;    /* log.level: enum sg_log_level, or -1 (not set: the default, info) */
 };
 
 /* A pool's replacement primaries in a derived snapshot. */

@@ -325,12 +325,75 @@ static struct sg_pool *route_pool(struct sg__cfg_ctx *cx, const yaml_node_t *n, 
     return NULL;
 }
 
+/* "log": access (a path, "stdout" or "off") and level. */
+static void build_log(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path) {
+    static const char *const names[] = {"access", "level"};
+    static const char *const levels[] = {"error", "warn", "info", "debug"};
+    yaml_node_t *vals[2];
+    char kp[SG__CFG_PATHSZ], q[SG__CFG_QUOTESZ];
+    if (sg__cfg_is_null(n) || n->type != YAML_MAPPING_NODE) {
+        sg__cfg_error(cx, n, path, "expected a map with access and level, got %s",
+                      sg__cfg_is_null(n) ? "nothing" : sg__cfg_shape(n));
+        return;
+    }
+    sg__cfg_get_map(cx, n, path, names, 2, vals);
+    if (vals[0]) {
+        sg__cfg_path_key(kp, path, "access");
+        const char *s = sg__cfg_scalar(cx, vals[0], kp, "a file path, stdout or off");
+        if (s && strcmp(s, "off") != 0) {
+            if (s[0] != '/' && strcmp(s, "stdout") != 0)
+                sg__cfg_error(cx, vals[0], kp, "%s is not an absolute path (or stdout, or off)",
+                              sg__cfg_quote(q, sizeof(q), s));
+            else
+                cx->cfg->access_log = sg__cfg_strdup(cx, s);
+        }
+    }
+    if (vals[1]) {
+        sg__cfg_path_key(kp, path, "level");
+        const char *s = sg__cfg_scalar(cx, vals[1], kp, "a level");
+        for (int i = 0; s && i < 4; i++)
+            if (strcmp(s, levels[i]) == 0)
+                cx->cfg->log_level = i;
+        if (s && cx->cfg->log_level < 0)
+            sg__cfg_error(cx, vals[1], kp, "%s is not error, warn, info or debug",
+                          sg__cfg_quote(q, sizeof(q), s));
+    }
+}
+
+/* A route's name (its metrics label): 1 to 64 letters, digits and
+ * "_-.:/", once per config. */
+static void route_name(struct sg__cfg_ctx *cx, struct sg_config *c, size_t i, const yaml_node_t *n,
+                       const char *path) {
+    char q[SG__CFG_QUOTESZ];
+    const char *s = sg__cfg_scalar(cx, n, path, "a name");
+    if (s == NULL)
+        return;
+    size_t len = strlen(s);
+    bool ok = len >= 1 && len <= 64;
+    for (size_t k = 0; k < len && ok; k++)
+        ok = (s[k] >= 'a' && s[k] <= 'z') || (s[k] >= 'A' && s[k] <= 'Z') ||
+             (s[k] >= '0' && s[k] <= '9') || strchr("_-.:/", s[k]) != NULL;
+    if (!ok) {
+        sg__cfg_error(cx, n, path, "%s is not a route name (1 to 64 letters, digits and _ - . : /)",
+                      sg__cfg_quote(q, sizeof(q), s));
+        return;
+    }
+    for (size_t k = 0; k < i; k++) {
+        if (c->routes[k].name && strcmp(c->routes[k].name, s) == 0) {
+            sg__cfg_error(cx, n, path, "%s is also the name of routes[%zu]",
+                          sg__cfg_quote(q, sizeof(q), s), k);
+            return;
+        }
+    }
+    c->routes[i].name = sg__cfg_strdup(cx, s);
+}
+
 static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path, size_t i,
                         void *arg) {
     static const char *const names[] = {"match",         "pool",       "read_pool",
                                         "retryable",     "rate_limit", "rate_limit_headers",
                                         "max_in_flight", "queue_size", "queue_timeout",
-                                        "priority",      "cache"};
+                                        "priority",      "cache",      "name"};
     enum {
         MATCH,
         POOL,
@@ -343,6 +406,7 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
         QUEUE_TIMEOUT,
         PRIORITY,
         CACHE,
+        NAME,
         NROUTE
     };
     struct sg_config *c = arg;
@@ -366,6 +430,10 @@ static void build_route(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char
     if (vals[MATCH]) {
         sg__cfg_path_key(kp, path, "match");
         build_match(cx, r, vals[MATCH], kp);
+    }
+    if (vals[NAME]) {
+        sg__cfg_path_key(kp, path, "name");
+        route_name(cx, c, i, vals[NAME], kp);
     }
     if (vals[READ_POOL]) {
         sg__cfg_path_key(kp, path, "read_pool");
@@ -441,9 +509,9 @@ static void build_routes(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
 /* ---- the document ------------------------------------------------------- */
 
 void sg__config_build(struct sg__cfg_ctx *cx) {
-    static const char *const names[] = {"listen", "workers", "limits", "pools",
-                                        "routes", "admin",   "redis",  "cache"};
-    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, ADMIN, REDIS, CACHE, NROOT };
+    static const char *const names[] = {"listen", "workers", "limits", "pools", "routes",
+                                        "admin",  "redis",   "cache",  "log"};
+    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, ADMIN, REDIS, CACHE, LOG, NROOT };
     struct sg_config *c = cx->cfg;
     yaml_node_t *vals[NROOT];
 
@@ -460,6 +528,7 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
         .max_body_bytes = 10 << 20,
     };
     sg__cfg_cache_defaults(&c->cache);
+    c->log_level = -1;
 
     yaml_node_t *root = yaml_document_get_root_node(cx->doc);
     if (root == NULL) {
@@ -487,6 +556,8 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
         sg__cfg_build_redis(cx, vals[REDIS], "redis");
     if (vals[CACHE])
         sg__cfg_build_cache(cx, vals[CACHE], "cache");
+    if (vals[LOG])
+        build_log(cx, vals[LOG], "log");
     if (vals[POOLS])
         sg__cfg_build_pools(cx, vals[POOLS], "pools");
     else

@@ -133,8 +133,10 @@ uint64_t sg_latency_bound(unsigned b) {
 }
 
 void sg_server_observe(struct sg_server_state *st, uint64_t ms) {
-    if (st != NULL)
+    if (st != NULL) {
         atomic_fetch_add_explicit(&st->latency[sg_latency_bucket(ms)], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&st->latency_sum_ms, ms, memory_order_relaxed);
+    }
 }
 
 #define MAX_POOLS 1024u

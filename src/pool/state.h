@@ -37,6 +37,7 @@ struct sg_server_state {
     _Atomic uint64_t requests;         /* counters for metrics */
     _Atomic uint64_t failures;
     _Atomic uint64_t latency[SG_LATENCY_BUCKETS]; /* response times (sg_latency_bucket) */
+    _Atomic uint64_t latency_sum_ms;              /* their sum */
 };
 
 /* Runtime state of a pool shared by every snapshot of it (by name), never

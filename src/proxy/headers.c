@@ -9,8 +9,18 @@
 #include <string.h>
 
 #include "proxy/proxy_int.h"
+#include "stats/accesslog.h"
 
 static const char hex[] = "0123456789abcdef";
+
+void sg_request_id(struct sg_worker *w, char out[33]) {
+    uint64_t a = sg_worker_random(w), r2 = sg_worker_random(w);
+    for (int i = 0; i < 16; i++) {
+        out[i] = hex[(a >> (i * 4)) & 15];
+        out[16 + i] = hex[(r2 >> (i * 4)) & 15];
+    }
+    out[32] = '\0';
+}
 
 struct out {
     char *p;
@@ -139,11 +149,11 @@ struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
     put(&o, ip, iplen);
     PUTS(&o, "\r\nX-Forwarded-Proto: http\r\nVia: 1.1 scalegate\r\n");
     if (!have_rid) {
-        char rid[32];
-        uint64_t a = sg_worker_random(c->w), r2 = sg_worker_random(c->w);
-        for (int i = 0; i < 16; i++) {
-            rid[i] = hex[(a >> (i * 4)) & 15];
-            rid[16 + i] = hex[(r2 >> (i * 4)) & 15];
+        char rid[33];
+        if (c->alog && c->alog->rid[0]) { /* made for the access log already */
+            memcpy(rid, c->alog->rid, 32);
+        } else {
+            sg_request_id(c->w, rid);
         }
         PUTS(&o, "X-Request-ID: ");
         put(&o, rid, 32);

@@ -17,6 +17,7 @@
 
 #include "cache/cache.h"
 #include "core/log.h"
+#include "stats/accesslog.h"
 #include "pool/balance.h"
 #include "pool/pool.h"
 #include "pool/state.h"
@@ -53,8 +54,12 @@ static void dequeue(struct sg_worker *w, struct sg_exchange *ex) {
         uv_check_stop(&w->waiting_check);
 }
 
-/* Frees ex; its upstream must already be released or closed. */
+/* Frees ex; its upstream must already be released or closed. The request
+ * is counted in the metrics here, with its status (none: the client went
+ * away first, counted as 499 like nginx does). */
 static void ex_free(struct sg_worker *w, struct sg_exchange *ex) {
+    if (ex->client)
+        sg_conn_count(ex->client, ex->status ? ex->status : 499);
     dequeue(w, ex);
     uncount(ex);
     if (ex->route_slot)
@@ -91,7 +96,10 @@ static void serve_stale(struct sg_exchange *ex) {
     bool http10 = ex->client_http10, head_only = ex->method == SG_METHOD_HEAD;
     if (ex->req_ready && c->rbuf)
         c->rbuf->start += ex->req_ready;
+    uint64_t req_ns = c->req_ns;
+    c->req_ns = 0; /* the stale answer is the one counted */
     sg_proxy_abort(c);
+    c->req_ns = req_ns;
     sg_cache_serve_stale(c, q, keep, http10, head_only);
 }
 
@@ -103,6 +111,8 @@ static void fail(struct sg_exchange *ex, int status) {
         serve_stale(ex);
         return;
     }
+    if (!ex->resp_started)
+        ex->status = (uint16_t)status;
     if (ex->resp_started)
         sg_conn_close(c);
     else
@@ -446,6 +456,8 @@ int sg_proxy_start(struct sg_conn *c, const struct sg_http_msg *msg, size_t head
                               (msg->method_id == SG_METHOD_GET || msg->method_id == SG_METHOD_HEAD)
                           ? sizeof(miss) - 1
                           : 0;
+    if (miss_len && c->alog)
+        c->alog->cache = "MISS";
     if ((extra_hdr && extra_len) || miss_len) {
         ex->extra_hdr = sg_buf_get_size(extra_len + miss_len);
         if (extra_len)
@@ -802,6 +814,11 @@ void sg__proxy_upstream_data(struct sg_exchange *ex) {
     }
     sg_pool_report(ex->pool, ex->server_idx, msg.status >= 500 ? SG_OUTCOME_5XX : SG_OUTCOME_OK);
     sg_server_observe(sg_server_state(ex->server->id), now_ms(ex) - ex->start_ms);
+    ex->status = msg.status;
+    if (c->alog) {
+        c->alog->server = ex->server->text;
+        c->alog->upstream_ns = c->req_ns ? uv_hrtime() - c->req_ns : 0;
+    }
     if (ex->creq && msg.status != 101 && sg_cache_on_response(ex->creq, w, &msg)) {
         ex->up_reusable = 0;
         serve_stale(ex); /* a 5xx, and a copy within stale-if-error */

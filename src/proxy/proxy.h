@@ -36,6 +36,9 @@ bool sg_request_value(enum sg_hash_source src, const char *name, size_t nlen,
                       const struct sg_conn *c, const struct sg_http_msg *msg, const char **out,
                       size_t *out_len);
 
+/* A new request id: 32 hex digits and a NUL. */
+void sg_request_id(struct sg_worker *w, char out[33]);
+
 /* New bytes arrived in c->rbuf while c is in SG_CONN_PROXY or SG_CONN_TUNNEL. */
 void sg_proxy_client_data(struct sg_conn *c);
 /* True when the whole request of c's exchange has been read from the client. */

@@ -55,6 +55,7 @@ struct sg_exchange {
     struct sg_buf *extra_hdr;     /* header lines for the response (RateLimit), or NULL */
     _Atomic uint32_t *route_slot; /* route->in_flight to give back at the end, or NULL */
     struct sg_cache_req *creq;    /* the request's cache state (owned), or NULL */
+    uint16_t status;              /* the answer's status (backend's, or the gateway's error) */
     uint64_t key_hash;            /* balance: hash */
     uint32_t server_idx;          /* index of server in pool->servers */
     uint8_t attempts;             /* servers tried so far */

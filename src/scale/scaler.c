@@ -44,6 +44,7 @@
 #include "core/list.h"
 #include "core/log.h"
 #include "core/parse.h"
+#include "core/text.h"
 #include "pool/state.h"
 #include "redis/redis.h"
 #include "scale/policy.h"
@@ -145,6 +146,7 @@ struct spool {
     int64_t decided_wall;
     struct event hist[HISTORY_MAX];
     size_t hist_head, hist_len;
+    uint64_t scaled_up, scaled_down; /* scale_up / scale_down decisions (metrics) */
     /* command driver */
     struct cmd *list_cmd, *scale_cmd;
     uint64_t last_list;
@@ -923,6 +925,8 @@ static void act(struct spool *sp, uint32_t want) {
                 : want < current ? "scale_down"
                                  : "scale_to",
                 current, want, "%s", sp->reason);
+        sp->scaled_up += want > current;
+        sp->scaled_down += want < current;
         sp->scale_cmd = cmd_run(sp, line, scale_to_done);
         free(line);
         if (sp->scale_cmd) {
@@ -934,12 +938,14 @@ static void act(struct spool *sp, uint32_t want) {
     if (want > current) {
         sg_log_info("pool %s: scaling up %u -> %u: %s", sp->name, current, want, sp->reason);
         history(sp, "scale_up", current, want, "%s", sp->reason);
+        sp->scaled_up++;
         for (uint32_t k = current; k < want; k++)
             if (!start_one(sp, "scale up"))
                 break;
     } else if (want < current) {
         sg_log_info("pool %s: scaling down %u -> %u: %s", sp->name, current, want, sp->reason);
         history(sp, "scale_down", current, want, "%s", sp->reason);
+        sp->scaled_down++;
         uint32_t n = current - want;
         /* starting ones first, then the newest ready ones */
         for (int pass = 0; pass < 2 && n > 0; pass++) {
@@ -1319,6 +1325,112 @@ void sg_scaler_shutdown(struct sg_scaler *s, void (*done)(void *), void *arg) {
         }
     }
     shutdown_check(s);
+}
+
+/* ---- Prometheus metrics ---------------------------------------------------------- */
+
+/* The spool that runs pool p now (not one whose instances drain after a
+ * driver change), or NULL. */
+static const struct spool *live_spool(const struct sg_scaler *s, const struct sg_pool *p) {
+    if (!p->scale.enabled)
+        return NULL;
+    for (const struct sg_list *it = s->pools.next; it != &s->pools; it = it->next) {
+        const struct spool *sp = sg_container_of(it, const struct spool, link);
+        if (!sp->gone && strcmp(sp->name, p->name) == 0)
+            return sp;
+    }
+    return NULL;
+}
+
+static void family(struct sg_text *out, const char *name, const char *type, const char *help) {
+    sg_text_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* name{pool="..."[,key="value"]} v */
+static void pool_sample(struct sg_text *out, const char *name, const char *pool, const char *key,
+                        const char *value, unsigned long long v) {
+    sg_text_printf(out, "%s{pool=\"", name);
+    sg_text_label(out, pool);
+    if (key) {
+        sg_text_printf(out, "\",%s=\"", key);
+        sg_text_label(out, value);
+    }
+    sg_text_printf(out, "\"} %llu\n", v);
+}
+
+void sg_scaler_prometheus(struct sg_scaler *s, struct sg_text *out) {
+    /* samples in config order; pools not scaled, or without a spool, have none */
+    const struct sg_config *c = s ? s->loaded : NULL;
+    size_t n = c ? c->npools : 0;
+    static const char *const states[] = {"starting", "ready", "draining", "stopping"};
+
+    family(out, "scalegate_pool_instances", "gauge",
+           "Instances of a scaled pool by state: starting, ready, draining, stopping.");
+    for (size_t i = 0; i < n; i++) {
+        const struct sg_pool *p = &c->pools[i];
+        if (live_spool(s, p) == NULL)
+            continue;
+        /* the pool's instances, those of an old spool still draining after
+         * a driver change included; removed ones are still draining */
+        unsigned long long by[4] = {0};
+        for (const struct sg_list *it = s->pools.next; it != &s->pools; it = it->next) {
+            const struct spool *sp = sg_container_of(it, const struct spool, link);
+            if (strcmp(sp->name, p->name) != 0)
+                continue;
+            by[0] += count_state(sp, I_STARTING);
+            by[1] += count_state(sp, I_READY);
+            by[2] += count_state(sp, I_DRAINING) + count_state(sp, I_REMOVED);
+            by[3] += count_state(sp, I_STOPPING);
+        }
+        for (size_t k = 0; k < 4; k++)
+            pool_sample(out, "scalegate_pool_instances", p->name, "state", states[k], by[k]);
+    }
+
+    family(out, "scalegate_pool_desired_instances", "gauge",
+           "The count of instances the autoscaler asks for.");
+    for (size_t i = 0; i < n; i++) {
+        const struct spool *sp = live_spool(s, &c->pools[i]);
+        if (sp)
+            pool_sample(out, "scalegate_pool_desired_instances", c->pools[i].name, NULL, NULL,
+                        sp->desired);
+    }
+
+    family(out, "scalegate_pool_min_instances", "gauge", "The fewest instances of a scaled pool.");
+    for (size_t i = 0; i < n; i++) {
+        const struct spool *sp = live_spool(s, &c->pools[i]);
+        if (sp)
+            pool_sample(out, "scalegate_pool_min_instances", c->pools[i].name, NULL, NULL,
+                        sp->cfg.min);
+    }
+
+    family(out, "scalegate_pool_max_instances", "gauge", "The most instances of a scaled pool.");
+    for (size_t i = 0; i < n; i++) {
+        const struct spool *sp = live_spool(s, &c->pools[i]);
+        if (sp)
+            pool_sample(out, "scalegate_pool_max_instances", c->pools[i].name, NULL, NULL,
+                        sp->cfg.max);
+    }
+
+    family(out, "scalegate_scaling_events_total", "counter",
+           "Autoscaler decisions that changed the count of instances, by direction: up, down.");
+    for (size_t i = 0; i < n; i++) {
+        const struct spool *sp = live_spool(s, &c->pools[i]);
+        if (sp == NULL)
+            continue;
+        pool_sample(out, "scalegate_scaling_events_total", c->pools[i].name, "direction", "up",
+                    sp->scaled_up);
+        pool_sample(out, "scalegate_scaling_events_total", c->pools[i].name, "direction", "down",
+                    sp->scaled_down);
+    }
+
+    family(out, "scalegate_scaling_leader", "gauge",
+           "1 when this gateway runs the pool's scaling policy.");
+    for (size_t i = 0; i < n; i++) {
+        const struct spool *sp = live_spool(s, &c->pools[i]);
+        if (sp)
+            pool_sample(out, "scalegate_scaling_leader", c->pools[i].name, NULL, NULL,
+                        leader(sp) ? 1 : 0);
+    }
 }
 
 /* ---- admin API ---------------------------------------------------------------- */

@@ -57,6 +57,19 @@ void sg_scaler_shutdown(struct sg_scaler *s, void (*done)(void *), void *arg);
  * frees s once its handles have closed; the caller keeps running the loop. */
 void sg_scaler_free(struct sg_scaler *s);
 
+/* Appends the autoscaler's metrics in the Prometheus text format
+ * (docs/metrics.md, Autoscaling), each family with its # HELP and # TYPE
+ * lines even when it has no sample: scalegate_pool_instances{pool,state}
+ * (starting, ready, draining, stopping: every state for every scaled pool,
+ * 0 included), scalegate_pool_desired_instances, scalegate_pool_min_instances,
+ * scalegate_pool_max_instances, scalegate_scaling_events_total{pool,direction}
+ * (up, down: decisions that changed the count, kept across reloads) and
+ * scalegate_scaling_leader (1 when this gateway runs the pool's policy).
+ * Pools in config order. Main thread only. s may be NULL: then only the
+ * # HELP and # TYPE lines. */
+struct sg_text;
+void sg_scaler_prometheus(struct sg_scaler *s, struct sg_text *out);
+
 /* The admin API under /api/v1/scaling/ (an sg_admin_handler). */
 struct sg_admin_request;
 struct sg_admin_response;

@@ -19,6 +19,8 @@
 #include "cache/cache.h"
 #include "core/io.h"
 #include "core/log.h"
+#include "stats/accesslog.h"
+#include "stats/stats.h"
 #include "pool/state.h"
 #include "proxy/proxy.h"
 #include "ratelimit/limit.h"
@@ -167,6 +169,7 @@ static void on_close(uv_handle_t *h) {
     atomic_fetch_sub_explicit(&sg_client_conns, 1, memory_order_relaxed);
     sg_buf_put(c->rbuf);
     free(c->rl_verdict);
+    free(c->alog);
     leave_wait(c);
     free(c);
     sg_worker_maybe_finish(w);
@@ -234,6 +237,9 @@ int sg_conn_write(struct sg_conn *c, const uv_buf_t *bufs, unsigned n, struct sg
                   struct sg_buf *own1) {
     if (c->closed)
         return UV_ECANCELED;
+    if (c->alog)
+        for (unsigned i = 0; i < n; i++)
+            c->alog->bytes += bufs[i].len;
     int r = sg_io_write((uv_stream_t *)&c->tcp, bufs, n, own0, own1, on_written, c);
     if (r == 1)
         c->writes++;
@@ -287,6 +293,7 @@ void sg_conn_error_hdr(struct sg_conn *c, int status, const char *extra, size_t 
 
 void sg_conn_request_done(struct sg_conn *c, bool keep_alive) {
     c->ex = NULL;
+    c->req_ns = 0;
     if (c->closed)
         return;
     if (c->peer_eof && !(c->rbuf && c->rbuf->start != c->rbuf->end))
@@ -319,6 +326,7 @@ void sg_conn_request_done(struct sg_conn *c, bool keep_alive) {
 static bool answer_and_keep(struct sg_conn *c, const struct sg_http_msg *msg, size_t head_len,
                             int status, const char *extra, size_t extra_len) {
     if (msg->body != SG_BODY_NONE || !msg->keep_alive || c->w->draining || c->peer_eof) {
+        sg_conn_count(c, status);
         sg_conn_error_hdr(c, status, extra, extra_len);
         return false;
     }
@@ -327,6 +335,7 @@ static bool answer_and_keep(struct sg_conn *c, const struct sg_http_msg *msg, si
         local_answer(status, extra, extra_len, msg->minor == 0 ? "Connection: keep-alive\r\n" : "");
     uv_buf_t ub = uv_buf_init(b->data, b->end);
     int r = sg_conn_write(c, &ub, 1, b, NULL);
+    sg_conn_count(c, status);
     if (r != 1)
         sg_buf_put(b);
     if (r < 0) {
@@ -374,6 +383,52 @@ static bool enter_wait(struct sg_conn *c, const struct sg_route *route, bool aga
     if (!uv_is_active((uv_handle_t *)&w->wait_check))
         uv_check_start(&w->wait_check, sg_conn_wait_run);
     return true;
+}
+
+void sg_conn_count(struct sg_conn *c, int status) {
+    if (c->req_ns == 0)
+        return;
+    uint64_t took = uv_hrtime() - c->req_ns;
+    sg_stats_request(c->w->stats, c->series, status, took);
+    c->req_ns = 0;
+    if (c->alog && sg_alog_on()) {
+        char ip[64];
+        size_t n = sg_conn_ip(c, ip);
+        ip[n < sizeof(ip) ? n : sizeof(ip) - 1] = '\0';
+        const char *route, *pool;
+        sg_stats_labels(c->series, &route, &pool);
+        sg_alog_line(c->w->index, c->alog, ip, status, took, route, pool);
+    }
+}
+
+/* The access log's fields of the head just parsed (only while it is on;
+ * msg NULL: a head that did not parse, nothing of it is kept). */
+static void alog_start(struct sg_conn *c, const struct sg_http_msg *msg) {
+    if (!sg_alog_on())
+        return;
+    if (c->alog == NULL)
+        c->alog = sg_xmalloc(sizeof(*c->alog));
+    struct sg_alog_rec *a = c->alog;
+    memset(a, 0, sizeof(*a));
+    if (msg == NULL)
+        return;
+    size_t n = msg->method_len < sizeof(a->method) - 1 ? msg->method_len : sizeof(a->method) - 1;
+    memcpy(a->method, msg->method, n);
+    a->method[n] = '\0';
+    n = msg->target_len < sizeof(a->target) - 1 ? msg->target_len : sizeof(a->target) - 1;
+    memcpy(a->target, msg->target, n);
+    a->target[n] = '\0';
+    for (uint32_t i = 0; i < msg->num_headers; i++) {
+        if (msg->headers[i].id == SG_HDR_X_REQUEST_ID) {
+            n = msg->headers[i].value_len < sizeof(a->rid) - 1 ? msg->headers[i].value_len
+                                                               : sizeof(a->rid) - 1;
+            memcpy(a->rid, msg->headers[i].value, n);
+            a->rid[n] = '\0';
+            break;
+        }
+    }
+    if (a->rid[0] == '\0') /* the one the backend will get too */
+        sg_request_id(c->w, a->rid);
 }
 
 void sg_conn_resume(struct sg_conn *c) {
@@ -465,8 +520,16 @@ static bool process_one(struct sg_conn *c) {
     }
     if (r == SG_HTTP_ERROR) {
         sg_log_debug("conn %u.%u: bad request: %s", w->index, c->id, msg.error ? msg.error : "?");
+        c->series = SG_STATS_NONE;
+        c->req_ns = uv_hrtime();
+        alog_start(c, NULL);
+        sg_conn_count(c, msg.error_status ? msg.error_status : 400);
         sg_conn_error(c, msg.error_status ? msg.error_status : 400);
         return false;
+    }
+    if (c->req_ns == 0) {
+        c->req_ns = uv_hrtime();
+        alog_start(c, &msg);
     }
     /* Route on the authority of an absolute-form target, else on Host. */
     const char *host = NULL;
@@ -495,12 +558,18 @@ static bool process_one(struct sg_conn *c) {
     size_t plen = qm ? (size_t)(qm - path) : path_len;
     const struct sg_route *route = sg_config_route(cfg, host, host_len, path, plen, msg.method_id);
     if (!route) {
+        c->series = SG_STATS_NONE;
+        sg_conn_count(c, 404);
         sg_conn_error(c, 404);
         return false;
     }
+    bool safe = msg.method_id == SG_METHOD_GET || msg.method_id == SG_METHOD_HEAD ||
+                msg.method_id == SG_METHOD_OPTIONS;
+    c->series = safe && route->read_pool ? route->stats_read_id : route->stats_id;
     const struct sg_pool_state *ps = route->pool->shared;
     if (ps && route->priority < atomic_load_explicit(&ps->shed_below, memory_order_relaxed)) {
         leave_wait(c);
+        sg_stats_reject(w->stats, c->series, SG_STATS_SHED_P95);
         return answer_and_keep(c, &msg, (size_t)r, 503, "Retry-After: 1\r\n", 17);
     }
     struct sg_rl_verdict verdict, *v = NULL;
@@ -529,6 +598,7 @@ static bool process_one(struct sg_conn *c) {
                 memcpy(v->hdr + v->hdr_len, ra, (size_t)n + 1);
                 v->hdr_len += (size_t)n;
             }
+            sg_stats_reject(w->stats, c->series, SG_STATS_RATE_LIMITED);
             return answer_and_keep(c, &msg, (size_t)r, 429, v->hdr, v->hdr_len);
         }
     }
@@ -558,6 +628,7 @@ static bool process_one(struct sg_conn *c) {
                 return false;
             sg_log_debug("conn %u.%u: route over max_in_flight (%u): 503", w->index, c->id,
                          route->max_in_flight);
+            sg_stats_reject(w->stats, c->series, SG_STATS_SHED_IN_FLIGHT);
             return answer_and_keep(c, &msg, (size_t)r, 503, "Retry-After: 1\r\n", 17);
         }
     }
@@ -572,6 +643,7 @@ static bool process_one(struct sg_conn *c) {
         if (fv == SG_CACHE_DONE)
             return false;
         sg_cache_conn_drop(c);
+        sg_conn_count(c, status);
         sg_conn_error(c, status);
     }
     return false;
@@ -655,6 +727,8 @@ void sg_conn_sweep(struct sg_worker *w, uint64_t now) {
         leave_wait(c);
         sg_log_warn("conn %u.%u: waited queue_timeout for a slot under max_in_flight: 503",
                     w->index, c->id);
+        sg_stats_reject(w->stats, c->series, SG_STATS_SHED_IN_FLIGHT);
+        sg_conn_count(c, 503);
         sg_conn_error(c, 503);
     }
     /* FILL: past lock_timeout (or the Redis budget), the head goes on */

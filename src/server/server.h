@@ -61,11 +61,15 @@ struct sg_conn {
     _Atomic uint32_t *wait_slot;      /* the route's queued count this conn is in, or NULL */
     uint64_t wait_deadline;           /* WAIT: when it gets 503 */
     struct sg_cache_req *creq;        /* the request's cache state (owned), or NULL */
+    uint64_t req_ns;                  /* uv_hrtime when the head was complete; 0: counted */
+    struct sg_alog_rec *alog;         /* the request's access log fields (owned), or NULL */
+    uint32_t series;                  /* the request's metrics series (stats.h) */
 };
 
 struct sg_rl_pending;
 struct sg_rl_verdict;
 struct sg_cache_req;
+struct sg_alog_rec;
 struct sg_redis;
 
 struct sg_listener {
@@ -112,9 +116,10 @@ struct sg_worker {
     int *cmd_fds;              /* reload: fd per cmd_cfg->listen entry, -1 = keep ours */
     bool cmd_stop;
     bool cmd_force;
-    bool exited;             /* the worker's loop is gone: send no more commands */
-    struct sg_redis *redis;  /* this worker's link for shared rate limits, or NULL */
-    _Atomic bool cache_wake; /* a cache fill finished: look at conns[SG_CONN_FILL] */
+    bool exited;                   /* the worker's loop is gone: send no more commands */
+    struct sg_redis *redis;        /* this worker's link for shared rate limits, or NULL */
+    _Atomic bool cache_wake;       /* a cache fill finished: look at conns[SG_CONN_FILL] */
+    struct sg_stats_worker *stats; /* this worker's counters (stats.h) */
 };
 
 /* Process-wide count of client connections (for limits.max_connections). */
@@ -138,6 +143,9 @@ int sg_conn_write(struct sg_conn *c, const uv_buf_t *bufs, unsigned n, struct sg
 void sg_conn_read_start(struct sg_conn *c);
 void sg_conn_read_stop(struct sg_conn *c);
 void sg_conn_sweep(struct sg_worker *w, uint64_t now);
+/* Counts c's request, answered with status, in the metrics (once: later
+ * calls for the same request do nothing). */
+void sg_conn_count(struct sg_conn *c, int status);
 /* Processes the head at the front of c's rbuf again (after a wait). */
 void sg_conn_resume(struct sg_conn *c);
 /* Retries the connections waiting for a slot under max_in_flight. */

@@ -25,6 +25,8 @@
 #include "cache/fill.h"
 #include "cache/refresh.h"
 #include "redis/redis.h"
+#include "stats/accesslog.h"
+#include "stats/stats.h"
 #include "server/server.h"
 
 #define SWEEP_MS 100
@@ -150,7 +152,8 @@ void sg_worker_maybe_finish(struct sg_worker *w) {
     if (w->nupstreams > 0)
         return;
     w->finished = true;
-    sg_cache_refresh_stop_all(w); /* background cache refreshes end with the worker */
+    sg_cache_refresh_stop_all(w);      /* background cache refreshes end with the worker */
+    sg_alog_flush(w->index, &w->loop); /* the last lines (the loop runs until written) */
     /* From now on the main thread must not signal us: our async handle and
      * loop are going away. */
     uv_mutex_lock(&w->cmd_lock);
@@ -221,6 +224,20 @@ static void on_sweep(uv_timer_t *t) {
     uint64_t now = uv_now(&w->loop);
     sg_conn_sweep(w, now);
     sg_upstream_sweep(w, now);
+    /* the gauges the metrics scrape reads */
+    uint32_t clients[4] = {
+        w->nconns[SG_CONN_HEAD],
+        w->nconns[SG_CONN_IDLE],
+        w->nconns[SG_CONN_PROXY] + w->nconns[SG_CONN_TUNNEL] + w->nconns[SG_CONN_WAIT] +
+            w->nconns[SG_CONN_FILL],
+        w->nconns[SG_CONN_CLOSING],
+    };
+    uint32_t idle = 0;
+    for (uint32_t i = 0; i < w->ntargets; i++)
+        if (w->targets[i])
+            idle += w->targets[i]->nidle;
+    sg_stats_publish(w->stats, clients, w->nupstreams > idle ? w->nupstreams - idle : 0, idle);
+    sg_alog_flush(w->index, &w->loop);
 }
 
 struct sg_target *sg_worker_target(struct sg_worker *w, uint32_t id) {
@@ -337,6 +354,7 @@ int sg_server_start(uv_loop_t *main_loop, struct sg_config *cfg, void (*all_done
     for (unsigned k = 0; k < proc.nworkers; k++) {
         struct sg_worker *w = &proc.workers[k];
         w->index = k;
+        w->stats = sg_stats_worker(k);
         uv_loop_init(&w->loop);
         uv_mutex_init(&w->cmd_lock);
         for (int s = 0; s < SG_CONN_STATE_COUNT; s++)

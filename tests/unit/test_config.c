@@ -1664,6 +1664,26 @@ static void test_cache_errors(void **state) {
     assert_int_equal(failed, 0);
 }
 
+/* A route's name: its metrics label; checked and unique. */
+static void test_route_name(void **state) {
+    (void)state;
+    struct sg_config *c = load_ok(BASE "routes:\n"
+                                       "  - match: { path_prefix: /api/ }\n"
+                                       "    pool: app\n"
+                                       "    name: api:v1/public\n"
+                                       "  - pool: app\n");
+    assert_string_equal(c->routes[0].name, "api:v1/public");
+    assert_null(c->routes[1].name);
+    sg_config_unref(c);
+    static const char *const bad[] = {"t.yaml:7: routes[0].name: \"a b\" is not a route name (1 "
+                                      "to 64 letters, digits and _ - . : /)"};
+    expect_errors(BASE "routes:\n  - pool: app\n    name: a b\n", bad, 1);
+    static const char *const twice[] = {"t.yaml:9: routes[1].name: \"x\" is also the name of "
+                                        "routes[0]"};
+    expect_errors(BASE "routes:\n  - pool: app\n    name: x\n  - pool: app\n    name: x\n",
+                  twice, 1);
+}
+
 /* Several mistakes in one route's cache: each reported once, in line order. */
 static void test_cache_errors_collected(void **state) {
     (void)state;
@@ -1715,6 +1735,7 @@ int main(void) {
         cmocka_unit_test(test_cache_bool),
         cmocka_unit_test(test_cache_errors),
         cmocka_unit_test(test_cache_errors_collected),
+        cmocka_unit_test(test_route_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
