@@ -223,8 +223,10 @@ static int reload_config(struct sg_config_errors *errs_out) {
         sg_config_unref(running);
         running = ref;
         sg_health_apply(loop, running);
-        if (admin)
+        if (admin) {
             sg_admin_set_token(admin, running->admin.token);
+            sg_admin_set_public_metrics(admin, running->admin.public_metrics);
+        }
         sg_cache_reconfigure(running);
         apply_logs(running, true);
         if (redis)
@@ -371,6 +373,7 @@ static int start_control(const struct sg_config *cfg) {
         sg_admin_add_handler(admin, "/api/v1/config", sg_admin_api, &admin_api);
         sg_admin_add_handler(admin, "/api/v1/reload", sg_admin_api, &admin_api);
         sg_admin_add_handler(admin, "/metrics", metrics_handler, NULL);
+        sg_admin_set_public_metrics(admin, cfg->admin.public_metrics);
         sg_admin_add_handler(admin, "/", sg_dashboard_admin, NULL); /* last */
         sg_log_info("admin API on %s (token from %s)", cfg->admin.listen.text,
                     cfg->admin.token_from ? cfg->admin.token_from : "?");

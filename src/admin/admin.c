@@ -85,6 +85,7 @@ struct sg_admin {
     uint64_t idle_ms;
     uint64_t last_reject_log; /* loop time of the last "too many connections" line */
     bool closing;             /* sg_admin_close was called */
+    bool public_metrics;      /* GET /metrics without the token */
 };
 
 /* Allocated at accept, freed in its close callback. */
@@ -551,6 +552,15 @@ static bool is_health(const struct conn *c) {
            memcmp(c->in + c->path_off, "/health", 7) == 0;
 }
 
+static bool is_metrics(const struct conn *c) {
+    return (c->method_id == SG_METHOD_GET || c->method_id == SG_METHOD_HEAD) && c->path_len == 8 &&
+           memcmp(c->in + c->path_off, "/metrics", 8) == 0;
+}
+
+void sg_admin_set_public_metrics(struct sg_admin *a, bool public_metrics) {
+    a->public_metrics = public_metrics;
+}
+
 static bool is_dashboard_page(const struct conn *c) {
     return (c->method_id == SG_METHOD_GET || c->method_id == SG_METHOD_HEAD) &&
            (c->path_len == 0 || (c->path_len == 1 && c->in[c->path_off] == '/'));
@@ -600,7 +610,7 @@ static bool read_head(struct conn *c) {
      * make us buffer a body. */
     /* The dashboard page (GET/HEAD of exactly "/", dashboard.h) holds no
      * data, so it is public like /health; what it fetches needs the token. */
-    bool no_auth = is_health(c) || is_dashboard_page(c);
+    bool no_auth = is_health(c) || is_dashboard_page(c) || (c->a->public_metrics && is_metrics(c));
     if (!no_auth && !authorized(c->a, &msg)) {
         sg_log_warn("admin conn %u: 401 for %.*s %.*s: %s", c->id, (int)c->method_len,
                     c->in + c->method_off, (int)(c->path_len > 200 ? 200 : c->path_len),

@@ -81,6 +81,9 @@ struct sg_admin;
 struct sg_admin *sg_admin_start(uv_loop_t *loop, const struct sockaddr *addr, const char *token,
                                 int *err);
 
+/* Whether GET /metrics is answered without the token (admin.public_metrics). */
+void sg_admin_set_public_metrics(struct sg_admin *a, bool public_metrics);
+
 /* Replaces the token (copied; NULL or "" refuses everything but /health),
  * for a config reload. Requests already authorized are not affected. */
 void sg_admin_set_token(struct sg_admin *a, const char *token);

@@ -243,6 +243,7 @@ struct sg_admin_cfg {
     struct sg_listen listen;
     char *token;      /* resolved from token_env or token_file at load; NULL = none */
     char *token_from; /* "env SCALEGATE_ADMIN_TOKEN" or "file PATH", for messages */
+    bool public_metrics; /* GET /metrics without the token (default false) */
 };
 
 /* The shared Redis ("redis" section). */

@@ -405,8 +405,8 @@ static char *read_token_file(const char *file, char *why, size_t whysz) {
 }
 
 void sg__cfg_build_admin(struct sg__cfg_ctx *cx, const yaml_node_t *n, const char *path) {
-    static const char *const names[] = {"listen", "token_env", "token_file"};
-    enum { LISTEN, TOKEN_ENV, TOKEN_FILE, NKEYS };
+    static const char *const names[] = {"listen", "token_env", "token_file", "public_metrics"};
+    enum { LISTEN, TOKEN_ENV, TOKEN_FILE, PUBLIC_METRICS, NKEYS };
     struct sg_admin_cfg *a = &cx->cfg->admin;
     yaml_node_t *vals[NKEYS];
     char kp[SG__CFG_PATHSZ], q[SG__CFG_QUOTESZ], why[512];
@@ -456,6 +456,10 @@ void sg__cfg_build_admin(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
     } else {
         sg__cfg_error(cx, n, path,
                       "needs token_env or token_file: the admin API is never open without a token");
+    }
+    if (vals[PUBLIC_METRICS]) {
+        sg__cfg_path_key(kp, path, "public_metrics");
+        a->public_metrics = sg__cfg_bool(cx, vals[PUBLIC_METRICS], kp) == 1;
     }
     a->enabled = true;
 }

@@ -202,13 +202,13 @@ static void shown(const struct sg_config *cfg, bool *show) {
 
 static void render_requests(struct sg_text *t, const bool *show) {
     static const char *const cls[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
-    family(t, "scalegate_requests_total", "counter",
+    family(t, "scalegate_http_requests_total", "counter",
            "Requests answered, by route, pool and status class.");
     for (uint32_t i = 0; i < nseries; i++) {
         if (!show[i])
             continue;
         for (int k = 0; k < 5; k++) {
-            sg_text_puts(t, "scalegate_requests_total{route=\"");
+            sg_text_puts(t, "scalegate_http_requests_total{route=\"");
             sg_text_label(t, registry[i].route);
             sg_text_puts(t, "\",pool=\"");
             sg_text_label(t, registry[i].pool);
@@ -216,7 +216,7 @@ static void render_requests(struct sg_text *t, const bool *show) {
                            (unsigned long long)sum(i, FIELD(code[k])));
         }
     }
-    family(t, "scalegate_request_duration_seconds", "histogram",
+    family(t, "scalegate_http_request_duration_seconds", "histogram",
            "Time from a request head being complete to the end of its answer.");
     for (uint32_t i = 0; i < nseries; i++) {
         if (!show[i])
@@ -224,15 +224,15 @@ static void render_requests(struct sg_text *t, const bool *show) {
         uint64_t cum = 0;
         for (size_t b = 0; b < NBUCKETS; b++) {
             cum += sum(i, FIELD(bucket[b]));
-            sg_text_puts(t, "scalegate_request_duration_seconds_bucket");
+            sg_text_puts(t, "scalegate_http_request_duration_seconds_bucket");
             labels2(t, "route", registry[i].route, "pool", registry[i].pool);
             sg_text_printf(t, ",le=\"%s\"} %llu\n", b < NBOUNDS ? bounds_s[b] : "+Inf",
                            (unsigned long long)cum);
         }
-        sg_text_puts(t, "scalegate_request_duration_seconds_sum");
+        sg_text_puts(t, "scalegate_http_request_duration_seconds_sum");
         labels2(t, "route", registry[i].route, "pool", registry[i].pool);
         sg_text_printf(t, "} %.6f\n", (double)sum(i, FIELD(sum_ns)) / 1e9);
-        sg_text_puts(t, "scalegate_request_duration_seconds_count");
+        sg_text_puts(t, "scalegate_http_request_duration_seconds_count");
         labels2(t, "route", registry[i].route, "pool", registry[i].pool);
         sg_text_printf(t, "} %llu\n", (unsigned long long)cum);
     }
@@ -275,12 +275,12 @@ static void render_servers(struct sg_text *t, const struct sg_config *cfg) {
     static const struct {
         const char *name, *type, *help;
     } fam[] = {
-        {"scalegate_server_up", "gauge", "1 when the server is usable."},
-        {"scalegate_server_in_flight", "gauge", "Requests in flight to the server."},
-        {"scalegate_server_requests_total", "counter", "Responses the server gave."},
-        {"scalegate_server_failures_total", "counter",
+        {"scalegate_backend_up", "gauge", "1 when the server is usable."},
+        {"scalegate_backend_active_connections", "gauge", "Requests in flight to the server."},
+        {"scalegate_backend_requests_total", "counter", "Responses the server gave."},
+        {"scalegate_backend_failures_total", "counter",
          "Connect failures, resets, timeouts and 5xx answers of the server."},
-        {"scalegate_server_response_duration_seconds", "histogram",
+        {"scalegate_backend_response_duration_seconds", "histogram",
          "Time from the request to the server's first response byte."},
     };
     uint64_t now = sg_state_now();

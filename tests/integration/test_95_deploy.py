@@ -103,7 +103,7 @@ def documented_metrics():
         for name in re.findall(r"`(scalegate_[a-z0-9_]+)`", cells[0]):
             out[name] = cells[1]
     assert len(out) >= 30, "docs/metrics.md: only %d metrics found" % len(out)
-    assert out.get("scalegate_request_duration_seconds") == "histogram"
+    assert out.get("scalegate_http_request_duration_seconds") == "histogram"
     return out
 
 
@@ -135,13 +135,13 @@ def test_documented_metrics_parse():
     # the two names of one row
     assert "scalegate_pool_min_instances" in doc and "scalegate_pool_max_instances" in doc
     # the checker itself: a histogram base name, an unknown name, a suffix on a counter
-    assert undocumented(["scalegate_request_duration_seconds",
-                         "scalegate_requests_totals",
-                         "scalegate_requests_total_count",
-                         "scalegate_request_duration_seconds_bucket",
-                         "scalegate_server_up"], doc) == [
-        "scalegate_request_duration_seconds", "scalegate_requests_total_count",
-        "scalegate_requests_totals"]
+    assert undocumented(["scalegate_http_request_duration_seconds",
+                         "scalegate_http_requests_totals",
+                         "scalegate_http_requests_total_count",
+                         "scalegate_http_request_duration_seconds_bucket",
+                         "scalegate_backend_up"], doc) == [
+        "scalegate_http_request_duration_seconds", "scalegate_http_requests_total_count",
+        "scalegate_http_requests_totals"]
 
 
 # --------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_documented_metrics_parse():
 REQUIRED_ALERTS = {
     # name: (for at least, for at most, a fragment the expression must hold)
     "ScalegateDown": (60, 300, 'up{job="scalegate"} == 0'),
-    "ScalegateServerDown": (60, 60, "scalegate_server_up == 0"),
+    "ScalegateServerDown": (60, 60, "scalegate_backend_up == 0"),
     "ScalegateHighErrorRate": (0, 600, 'code="5xx"'),
     "ScalegateHighLatencyP95": (0, 900, "histogram_quantile(0.95"),
     "ScalegatePoolAtMaxInstances": (600, 600, "scalegate_pool_max_instances"),
@@ -200,7 +200,7 @@ def test_alert_rules_shape():
     assert "> 0.05" in by_name["ScalegateHighErrorRate"]["expr"]
     assert "[5m]" in by_name["ScalegateHighErrorRate"]["expr"]
     p95 = by_name["ScalegateHighLatencyP95"]["expr"]
-    assert "scalegate_request_duration_seconds_bucket[5m]" in p95 and "route" in p95 and "> 1" in p95
+    assert "scalegate_http_request_duration_seconds_bucket[5m]" in p95 and "route" in p95 and "> 1" in p95
     atmax = by_name["ScalegatePoolAtMaxInstances"]["expr"]
     assert 'scalegate_pool_instances{state="ready"}' in atmax and ">=" in atmax
 
@@ -264,9 +264,9 @@ def dashboard_exprs(d):
 
 
 DASHBOARD_MUST_USE = {
-    "scalegate_requests_total", "scalegate_request_duration_seconds",
-    "scalegate_server_up", "scalegate_server_in_flight", "scalegate_server_requests_total",
-    "scalegate_server_response_duration_seconds", "scalegate_client_connections",
+    "scalegate_http_requests_total", "scalegate_http_request_duration_seconds",
+    "scalegate_backend_up", "scalegate_backend_active_connections", "scalegate_backend_requests_total",
+    "scalegate_backend_response_duration_seconds", "scalegate_client_connections",
     "scalegate_upstream_connections", "scalegate_cache_requests_total",
     "scalegate_ratelimit_rejected_total", "scalegate_shed_total", "scalegate_pool_instances",
     "scalegate_pool_desired_instances", "scalegate_pool_min_instances",
@@ -303,7 +303,7 @@ def test_grafana_dashboard_structure():
     exprs = " ".join(e for _, _, e in dashboard_exprs(d))
     assert 'pool=~"$pool"' in exprs and 'route=~"$route"' in exprs
     for q in (0.5, 0.95, 0.99):
-        assert ("histogram_quantile(%s, sum by (le) (rate(scalegate_request_duration_seconds_bucket"
+        assert ("histogram_quantile(%s, sum by (le) (rate(scalegate_http_request_duration_seconds_bucket"
                 % q) in exprs, q
     assert 'code="5xx"' in exprs
 

@@ -139,19 +139,19 @@ def test_metrics_valid_documented_and_moving(gateway, backend):
         return value(s1, name, **labels) - (value(s0, name, **labels)
                                             if any(n == name for n, _ in s0) else 0)
 
-    assert moved("scalegate_requests_total", route="api", code="2xx") == 3
-    assert moved("scalegate_requests_total", route="/limited", code="4xx") == 1
-    assert moved("scalegate_request_duration_seconds_count", route="api") == 3
-    assert value(s1, "scalegate_request_duration_seconds_bucket", route="api", le="+Inf") == 3
+    assert moved("scalegate_http_requests_total", route="api", code="2xx") == 3
+    assert moved("scalegate_http_requests_total", route="/limited", code="4xx") == 1
+    assert moved("scalegate_http_request_duration_seconds_count", route="api") == 3
+    assert value(s1, "scalegate_http_request_duration_seconds_bucket", route="api", le="+Inf") == 3
     assert moved("scalegate_ratelimit_rejected_total", route="/limited") == 1
     assert moved("scalegate_cache_requests_total", result="hit") == 2
     assert moved("scalegate_cache_requests_total", result="miss") == 1
     assert moved("scalegate_cache_stores_total", tier="memory") == 1
     assert value(s1, "scalegate_cache_entries", tier="memory") == 1
     assert value(s1, "scalegate_cache_bytes", tier="memory") > 0
-    assert value(s1, "scalegate_server_up", pool="app", server=b.addr) == 1
-    assert moved("scalegate_server_requests_total", pool="app", server=b.addr) >= 3
-    assert value(s1, "scalegate_server_response_duration_seconds_count", pool="app",
+    assert value(s1, "scalegate_backend_up", pool="app", server=b.addr) == 1
+    assert moved("scalegate_backend_requests_total", pool="app", server=b.addr) >= 3
+    assert value(s1, "scalegate_backend_response_duration_seconds_count", pool="app",
                  server=b.addr) >= 3
     assert value(s1, "scalegate_client_connections", state="idle") >= 1
     assert value(s1, "scalegate_upstream_connections", state="idle") >= 1
@@ -167,7 +167,7 @@ def test_metrics_valid_documented_and_moving(gateway, backend):
     g2_404 = get(g.port, "/x", headers={"Host": "elsewhere"})
     assert g2_404 == 200  # the catch-all route takes any host
     s2 = samples(scrape(ap)[2])
-    assert value(s2, "scalegate_requests_total", route="/", code="2xx") >= 2
+    assert value(s2, "scalegate_http_requests_total", route="/", code="2xx") >= 2
     # a purge moves the invalidations counter
     assert admin_call(ap, "POST", "/api/v1/cache/purge", {"all": True})[0] == 200
     s3 = samples(scrape(ap)[2])
@@ -192,11 +192,11 @@ routes:
     g = gateway(config=cfg, env={"SG_TEST_TOKEN": TOKEN})
     assert get(g.port, "/nowhere") == 404
     s = samples(scrape(ap)[2])
-    assert value(s, "scalegate_requests_total", route="none", pool="none", code="4xx") == 1
+    assert value(s, "scalegate_http_requests_total", route="none", pool="none", code="4xx") == 1
     assert get(g.port, "/only") in (200, 502)
     s = samples(scrape(ap)[2])
-    assert value(s, "scalegate_requests_total", route="/only") >= 1
-    assert value(s, "scalegate_server_up", pool="app", server="127.0.0.1:1") in (0, 1)
+    assert value(s, "scalegate_http_requests_total", route="/only") >= 1
+    assert value(s, "scalegate_backend_up", pool="app", server="127.0.0.1:1") in (0, 1)
     # /metricsX is not the endpoint; POST is not allowed
     assert admin_call(ap, "GET", "/metricsX")[0] == 404
     assert admin_call(ap, "POST", "/metrics")[0] == 405
@@ -245,7 +245,7 @@ routes:
                                     state="active") >= 1, 5)
     mid = samples(scrape(ap)[2])
     assert value(mid, "scalegate_client_connections", state="active") >= 1
-    assert value(mid, "scalegate_server_in_flight", pool="app", server=b.addr) == 1
+    assert value(mid, "scalegate_backend_active_connections", pool="app", server=b.addr) == 1
     assert get(g.port, "/delay?ms=1") == 503
     t.join(10)
     # a 304 from the cache, a 5xx, and evictions from a 1 MB memory tier
@@ -265,9 +265,9 @@ routes:
         return value(s1, name, **labels) - value(s0, name, **labels)
 
     assert moved("scalegate_shed_total", route="/delay", reason="max_in_flight") == 1
-    assert moved("scalegate_requests_total", route="/delay", code="5xx") == 1
-    assert moved("scalegate_requests_total", route="/", code="5xx") == 1
-    assert moved("scalegate_server_failures_total", pool="app", server=b.addr) >= 1
+    assert moved("scalegate_http_requests_total", route="/delay", code="5xx") == 1
+    assert moved("scalegate_http_requests_total", route="/", code="5xx") == 1
+    assert moved("scalegate_backend_failures_total", pool="app", server=b.addr) >= 1
     assert moved("scalegate_cache_not_modified_total") == 1
     assert moved("scalegate_cache_evictions_total", tier="memory") > 0
     assert value(s1, "scalegate_cache_bytes", tier="memory") <= value(
@@ -276,3 +276,16 @@ routes:
     assert moved("scalegate_cache_redis_requests_total", result="miss") > 0
     assert value(s1, "scalegate_pool_min_instances", pool="scaled") == 2
     assert value(s1, "scalegate_process_start_time_seconds") > 1.7e9
+
+
+def test_public_metrics(gateway, backend):
+    b = backend()
+    ap = free_port()
+    cfg = ("listen: 127.0.0.1:@PORT@\nadmin: { listen: 127.0.0.1:%d, token_env: SG_TEST_TOKEN, "
+           "public_metrics: true }\npools:\n  app:\n    servers: [%s]\n" % (ap, b.addr))
+    gateway(config=cfg, env={"SG_TEST_TOKEN": TOKEN})
+    status, _, body = scrape(ap, token=None)
+    assert status == 200 and "scalegate_http_requests_total" in body
+    # only /metrics: the rest still needs the token
+    assert admin_call(ap, "GET", "/api/v1/cache/stats", token=None)[0] == 401
+    assert admin_call(ap, "GET", "/api/v1/config", token=None)[0] == 401
