@@ -1686,8 +1686,8 @@ request = function()
 end
 """
 METRICS_REQ_RX = re.compile(
-    r'^scalegate_requests_total\{route="([^"]*)",pool="([^"]*)",code="(\dxx)"\} (\d+)$', re.M)
-METRICS_UP_RX = re.compile(r'^scalegate_server_up\{pool="([^"]*)",server="([^"]*)"\} (\d+)$',
+    r'^scalegate_http_requests_total\{route="([^"]*)",pool="([^"]*)",code="(\dxx)"\} (\d+)$', re.M)
+METRICS_UP_RX = re.compile(r'^scalegate_backend_up\{pool="([^"]*)",server="([^"]*)"\} (\d+)$',
                            re.M)
 
 
@@ -1732,7 +1732,7 @@ def scrape(conn, token):
 
 def metrics_inspect(body):
     """What a scrape holds: its size, sample lines, route names with requests, the (pool,
-    server) series of scalegate_server_up and how many are up."""
+    server) series of scalegate_backend_up and how many are up."""
     text = body.decode("utf-8", "replace")
     lines = text.splitlines()
     per_route = {}
@@ -2484,8 +2484,8 @@ def report_metrics(args, m, notes):
             "http.client, the harness unpinned), after one scrape not counted; p99: nearest "
             "rank. response: of the last scrape, %d metric families; sample lines: lines "
             "that are not comments. routes / servers: route names with a "
-            "scalegate_requests_total series (all %d with requests counted, from %d s of wrk "
-            "over every route first) / (pool, server) series of scalegate_server_up (%d "
+            "scalegate_http_requests_total series (all %d with requests counted, from %d s of wrk "
+            "over every route first) / (pool, server) series of scalegate_backend_up (%d "
             "distinct addresses: the small demo backend is the live server of every pool; "
             "the others are dead loopback addresses, marked down by the first health check). "
             "gateway CPU per scrape: the gateway's CPU time (user + system) over the scrapes "

@@ -176,6 +176,7 @@ void sg__config_free(struct sg_config *c) {
     }
     free(c->path);
     free(c->access_log);
+    free(c->health_path);
     free(c->admin.listen.text);
     free(c->admin.token);
     free(c->admin.token_from);

@@ -241,8 +241,8 @@ struct sg_limits {
 struct sg_admin_cfg {
     bool enabled;
     struct sg_listen listen;
-    char *token;      /* resolved from token_env or token_file at load; NULL = none */
-    char *token_from; /* "env SCALEGATE_ADMIN_TOKEN" or "file PATH", for messages */
+    char *token;         /* resolved from token_env or token_file at load; NULL = none */
+    char *token_from;    /* "env SCALEGATE_ADMIN_TOKEN" or "file PATH", for messages */
     bool public_metrics; /* GET /metrics without the token (default false) */
 };
 
@@ -280,8 +280,9 @@ struct sg_config {
     struct sg_admin_cfg admin;
     struct sg_redis_cfg redis;
     struct sg_cache_cfg cache;
-    char *access_log; /* log.access: a file path or "stdout"; NULL = no access log */
-    int log_level;    /* log.level: enum sg_log_level, or -1 (not set: the default, info) */
+    char *access_log;  /* log.access: a file path or "stdout"; NULL = no access log */
+    char *health_path; /* answered by the gateway on its listeners (readiness); NULL = none */
+    int log_level;     /* log.level: enum sg_log_level, or -1 (not set: the default, info) */
 };
 
 /* A pool's replacement primaries in a derived snapshot. */

@@ -510,8 +510,8 @@ static void build_routes(struct sg__cfg_ctx *cx, const yaml_node_t *n, const cha
 
 void sg__config_build(struct sg__cfg_ctx *cx) {
     static const char *const names[] = {"listen", "workers", "limits", "pools", "routes",
-                                        "admin",  "redis",   "cache",  "log"};
-    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, ADMIN, REDIS, CACHE, LOG, NROOT };
+                                        "admin",  "redis",   "cache",  "log",   "health_path"};
+    enum { LISTEN, WORKERS, LIMITS, POOLS, ROUTES, ADMIN, REDIS, CACHE, LOG, HEALTH_PATH, NROOT };
     struct sg_config *c = cx->cfg;
     yaml_node_t *vals[NROOT];
 
@@ -558,6 +558,16 @@ void sg__config_build(struct sg__cfg_ctx *cx) {
         sg__cfg_build_cache(cx, vals[CACHE], "cache");
     if (vals[LOG])
         build_log(cx, vals[LOG], "log");
+    if (vals[HEALTH_PATH]) {
+        char q[SG__CFG_QUOTESZ];
+        const char *s = sg__cfg_scalar(cx, vals[HEALTH_PATH], "health_path", "a path");
+        if (s && (s[0] != '/' || strlen(s) > 256 || strpbrk(s, "?# \t")))
+            sg__cfg_error(cx, vals[HEALTH_PATH], "health_path",
+                          "%s is not a path (starting with /, no query, at most 256 bytes)",
+                          sg__cfg_quote(q, sizeof(q), s));
+        else if (s)
+            c->health_path = sg__cfg_strdup(cx, s);
+    }
     if (vals[POOLS])
         sg__cfg_build_pools(cx, vals[POOLS], "pools");
     else

@@ -717,6 +717,10 @@ static void forward_response(struct sg_exchange *ex, struct sg_buf *rh) {
     if (ex->creq && payload)
         sg_cache_on_body(ex->creq, b->data + b->start, payload,
                          ex->resp_body == SG_BODY_CHUNKED && !ex->decode);
+    /* Stored before the last bytes reach the client: its next request (on
+     * another connection, another worker) finds the entry. */
+    if (ex->creq && done)
+        sg_cache_on_done(ex->creq, c->w);
     uv_buf_t bufs[2];
     unsigned n = 0;
     if (rh)

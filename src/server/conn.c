@@ -333,6 +333,8 @@ static bool answer_and_keep(struct sg_conn *c, const struct sg_http_msg *msg, si
     /* an HTTP/1.0 client that asked for keep-alive is told it got it */
     struct sg_buf *b =
         local_answer(status, extra, extra_len, msg->minor == 0 ? "Connection: keep-alive\r\n" : "");
+    if (msg->method_id == SG_METHOD_HEAD) /* the same head, no body */
+        b->end -= (uint32_t)snprintf(NULL, 0, "%d %s\n", status, sg_http_reason(status));
     uv_buf_t ub = uv_buf_init(b->data, b->end);
     int r = sg_conn_write(c, &ub, 1, b, NULL);
     sg_conn_count(c, status);
@@ -556,6 +558,14 @@ static bool process_one(struct sg_conn *c) {
     }
     const char *qm = memchr(path, '?', path_len);
     size_t plen = qm ? (size_t)(qm - path) : path_len;
+    if (cfg->health_path && plen == strlen(cfg->health_path) &&
+        memcmp(path, cfg->health_path, plen) == 0 &&
+        (msg.method_id == SG_METHOD_GET || msg.method_id == SG_METHOD_HEAD)) {
+        /* The gateway's own health: 200 while it takes requests, 503 once
+         * it stops (a load balancer or Kubernetes then sends no more). */
+        c->series = SG_STATS_NONE;
+        return answer_and_keep(c, &msg, (size_t)r, w->draining ? 503 : 200, NULL, 0);
+    }
     const struct sg_route *route = sg_config_route(cfg, host, host_len, path, plen, msg.method_id);
     if (!route) {
         c->series = SG_STATS_NONE;

@@ -460,3 +460,48 @@ def test_listen_list(gateway, backend):
     for port in (gw.port, second):
         r = get(port, "/on/%d" % port)
         assert r.status == 200 and r.json()["target"] == "/on/%d" % port, r
+
+
+def test_health_path_answered_by_the_gateway(gateway, backend):
+    import socket
+    be = backend()
+    gw = gateway(config=("listen: 127.0.0.1:@PORT@\nhealth_path: /healthz\n"
+                         "pools:\n  app:\n    servers: [%s]\n"
+                         "routes:\n  - match: { path_prefix: / }\n    pool: app\n"
+                         "    rate_limit: { rate: 1/min, burst: 1 }\n") % be.addr)
+    # GET and HEAD on one keep-alive connection: the gateway answers, not
+    # the backend, and the route's rate limit does not apply to it
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /healthz?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    deadline = time.monotonic() + 5
+    while data.count(b"HTTP/1.1 200") < 3 and time.monotonic() < deadline:
+        data += s.recv(4096)
+    s.close()
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 3, data
+    assert data.count(b"200 OK\n") == 2, data  # HEAD's answer has no body
+    assert not [r for r in be.requests() if r["target"].startswith("/healthz")]
+    # other paths go to the backend as before; a HEAD's 429 has no body either
+    assert get(gw.port, "/x").status == 200
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    s.sendall(b"HEAD /y HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    deadline = time.monotonic() + 5
+    while b"200 OK\n" not in data and time.monotonic() < deadline:
+        data += s.recv(4096)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 429"), data
+    assert b"429 Too Many Requests\n" not in data  # no body after the HEAD's head
+    assert data.count(b"HTTP/1.1 ") == 2 and data.endswith(b"200 OK\n"), data
+
+
+def test_health_path_errors(run_scalegate, tmp_path):
+    p = tmp_path / "h.yaml"
+    p.write_text("listen: 127.0.0.1:1\nhealth_path: healthz\npools:\n  app:\n"
+                 "    servers: [127.0.0.1:2]\n")
+    r = run_scalegate(["-t", "-c", str(p)])
+    assert r.returncode == 1
+    assert ('h.yaml:2: health_path: "healthz" is not a path (starting with /, no query, at most '
+            '256 bytes)') in r.stderr, r.stderr

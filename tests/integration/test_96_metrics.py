@@ -289,3 +289,65 @@ def test_public_metrics(gateway, backend):
     # only /metrics: the rest still needs the token
     assert admin_call(ap, "GET", "/api/v1/cache/stats", token=None)[0] == 401
     assert admin_call(ap, "GET", "/api/v1/config", token=None)[0] == 401
+
+
+def test_metrics_cache_results(gateway, backend):
+    """stale, coalesced and pass on /metrics."""
+    import threading
+    b = backend()
+    ap = free_port()
+    cfg = ("listen: 127.0.0.1:@PORT@\nworkers: 2\n"
+           "admin: { listen: 127.0.0.1:%d, token_env: SG_TEST_TOKEN }\n"
+           "pools:\n  app:\n    servers: [%s]\nroutes:\n  - pool: app\n"
+           "    cache: { ttl: 1s, stale_while_revalidate: 1m }\n" % (ap, b.addr))
+    g = gateway(config=cfg, env={"SG_TEST_TOKEN": TOKEN})
+    s0 = samples(scrape(ap)[2])
+    ts = [threading.Thread(target=get, args=(g.port, "/delay?ms=400")) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert get(g.port, "/r", headers={"Range": "bytes=0-1"}) == 200
+    time.sleep(1.2)
+    assert get(g.port, "/delay?ms=400") == 200  # expired: stale at once, refreshed
+    s1 = samples(scrape(ap)[2])
+
+    def moved(result):
+        return (value(s1, "scalegate_cache_requests_total", result=result)
+                - value(s0, "scalegate_cache_requests_total", result=result))
+
+    assert moved("miss") == 1 and moved("coalesced") == 1
+    assert moved("pass") == 1 and moved("stale") == 1
+
+
+def test_metrics_shed_p95(gateway, backend):
+    import threading
+    b = backend(delay_ms=150)
+    ap = free_port()
+    cfg = ("listen: 127.0.0.1:@PORT@\nworkers: 2\n"
+           "admin: { listen: 127.0.0.1:%d, token_env: SG_TEST_TOKEN }\n"
+           "pools:\n  app:\n    servers: [%s]\n    shed_p95: 50ms\nroutes:\n"
+           "  - match: { path_prefix: /low }\n    pool: app\n    priority: 1\n"
+           "  - pool: app\n    priority: 10\n" % (ap, b.addr))
+    g = gateway(config=cfg, env={"SG_TEST_TOKEN": TOKEN})
+    stop = threading.Event()
+    shed = []
+
+    def client(path):
+        while not stop.is_set():
+            s = get(g.port, path)
+            if s == 503:
+                shed.append(s)
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in ("/low", "/high", "/high")]
+    for t in threads:
+        t.start()
+    ok = wait_until(lambda: len(shed) > 0, 15)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert ok
+    s = samples(scrape(ap)[2])
+    assert value(s, "scalegate_shed_total", route="/low", reason="p95") == len(shed)
+    assert value(s, "scalegate_shed_total", route="/", reason="p95") == 0
+    assert value(s, "scalegate_http_requests_total", route="/low", code="5xx") >= len(shed)
