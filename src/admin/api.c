@@ -462,6 +462,7 @@ static json_t *config_json(const struct sg_config *cfg) {
         set_str(a, "listen", cfg->admin.listen.text);
         set_str(a, "token", cfg->admin.token ? "***" : NULL); /* never the token itself */
         set_str(a, "token_from", cfg->admin.token_from);
+        json_object_set_new(a, "public_metrics", json_boolean(cfg->admin.public_metrics));
         json_object_set_new(o, "admin", a);
     } else {
         json_object_set_new(o, "admin", json_null());
@@ -486,6 +487,12 @@ static json_t *config_json(const struct sg_config *cfg) {
                                   (json_int_t)cfg->cache.max_object_size, "l2_ttl_ms",
                                   (json_int_t)cfg->cache.l2_ttl_ms, "l2_timeout_ms",
                                   (json_int_t)cfg->cache.l2_timeout_ms));
+    static const char *const levels[] = {"error", "warn", "info", "debug"};
+    json_t *lg = json_object();
+    set_str(lg, "access", cfg->access_log);
+    set_str(lg, "level", cfg->log_level >= 0 && cfg->log_level < 4 ? levels[cfg->log_level] : NULL);
+    json_object_set_new(o, "log", lg);
+    set_str(o, "health_path", cfg->health_path);
     return o;
 }
 

@@ -196,6 +196,8 @@ def test_config_masks_the_token(gateway, backend):
     assert cfg["admin"]["token"] == "***"
     assert cfg["admin"]["listen"] == "127.0.0.1:%d" % ap
     assert cfg["admin"]["token_from"] == "env SG_TEST_TOKEN"
+    assert cfg["admin"]["public_metrics"] is False
+    assert cfg["log"] == {"access": None, "level": None} and cfg["health_path"] is None
     assert cfg["listen"] == ["127.0.0.1:%d" % g.port] and cfg["workers"] == 2
     assert cfg["limits"]["max_connections"] > 0
     assert [p["name"] for p in cfg["pools"]] == ["app", "other"]
