@@ -1126,6 +1126,7 @@ static struct spool *spool_new(struct sg_scaler *s, const struct sg_pool *p) {
     sg_list_init(&sp->insts);
     sg_scale_state_init(&sp->pst);
     spool_settings(sp, &p->scale);
+    sp->desired = p->scale.min; /* what is started first, until the first decision */
     sp->mem_total = read_mem_total();
     uint64_t now = uv_now(s->loop);
     sp->last_activity = now;

@@ -1,19 +1,21 @@
 """The live dashboard at the admin listener's "/" (docs/admin-api.md#dashboard):
-the page is public and self-contained; in a real headless Chromium, with the
-token in the URL fragment, it polls the admin API and shows live numbers that
-move under traffic; with a wrong token it shows the token form. Saves a
+the page is public and self-contained; in a real headless Chromium, driven
+over the DevTools protocol (cdp.py, standard library only) in real time, with
+the token in the URL fragment, it polls the admin API and shows live numbers
+that track the traffic the test sends and move from one reading to the next;
+with a wrong token it shows the token form with a 401 message. Saves a
 screenshot to build/test-artifacts/dashboard.png."""
+import base64
 import http.client
-import html.parser
+import json
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 
 import pytest
 
+import cdp
 from conftest import REPO, free_port, wait_until
 from test_70_scale import port_range
 from test_96_metrics import gateway_config
@@ -21,48 +23,27 @@ from test_90_cache import TOKEN
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "build" / "test-artifacts"
-TRAFFIC_MAX_S = 25  # the traffic thread never runs longer
+TRAFFIC_MAX_S = 45  # the traffic thread never runs longer
 LIVE_IDS = ["rps", "p50", "p95", "p99", "errors", "cache-hit-ratio", "ratelimit-rps",
             "requests-total"]
+READING_GAP_S = 4  # between the two readings of the live page (the page polls every 2 s)
 
 
-class Dom(html.parser.HTMLParser):
-    """Text by element id, attributes by id, and the server rows."""
-
-    def __init__(self, text):
-        super().__init__()
-        self.text, self.attrs, self.rows = {}, {}, []
-        self.stack = []  # [(tag, id or None)]
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag in ("meta", "input", "br", "link", "img"):
-            if a.get("id"):
-                self.attrs[a["id"]] = a
-            return
-        if a.get("id"):
-            self.attrs[a["id"]] = a
-            self.text[a["id"]] = ""
-        if tag == "tr" and a.get("class") == "server-row":
-            self.rows.append({"pool": a.get("data-pool"), "server": a.get("data-server"),
-                              "cells": []})
-            self.stack.append((tag, "@row"))
-            return
-        self.stack.append((tag, a.get("id")))
-
-    def handle_endtag(self, tag):
-        while self.stack:
-            t, _ = self.stack.pop()
-            if t == tag:
-                break
-
-    def handle_data(self, data):
-        for t, i in self.stack:
-            if i and i != "@row":
-                self.text[i] += data
-        if self.stack and self.stack[-1][0] == "td" and any(i == "@row" for _, i in self.stack):
-            self.rows[-1]["cells"].append(data)
+# One reading of the live page, taken inside Chromium: texts by id, whether
+# the form and the dashboard are hidden, and the server rows.
+SNAPSHOT_JS = """(() => {
+  const t = (id) => { const e = document.getElementById(id); return e ? e.textContent : null; };
+  const text = {};
+  for (const id of %s) text[id] = t(id);
+  return {
+    text: text,
+    form_hidden: document.getElementById('token-form').hidden,
+    dash_hidden: document.getElementById('dash').hidden,
+    rows: Array.from(document.querySelectorAll('tr.server-row')).map((r) => ({
+      pool: r.dataset.pool, server: r.dataset.server,
+      cells: Array.from(r.cells).map((c) => c.textContent) })),
+  };
+})()""" % json.dumps(LIVE_IDS + ["updated", "status", "token-msg", "scaling", "history"])
 
 
 def need_chromium():
@@ -71,29 +52,33 @@ def need_chromium():
                     % CHROMIUM)
 
 
-def chromium(tmp_path, url, extra, budget_ms, timeout=90):
-    """Runs headless Chromium on url; returns its stdout (the DOM with --dump-dom).
-    The virtual time budget lets the page's 2 s polls run (a few per budget):
-    virtual time jumps ahead while nothing is pending, so the polls are only
-    some 100 ms apart in real time and the rates the page shows here are far
-    below the real ones (the test only asks for > 0). --timeout would dump
-    right after the load event, with a single poll."""
-    prof = tmp_path / ("chromium-profile-%d" % time.monotonic_ns())
-    args = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions",
-            "--user-data-dir=%s" % prof, "--virtual-time-budget=%d" % budget_ms] + extra + [url]
-    try:
-        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    finally:
-        shutil.rmtree(prof, ignore_errors=True)
-    assert r.returncode == 0, "chromium failed (%d): %s" % (r.returncode, r.stderr[-3000:])
-    return r.stdout
+def snapshot(page):
+    return page.evaluate(SNAPSHOT_JS)
 
 
-def dump(tmp_path, url, budget_ms=7000):
-    out = chromium(tmp_path, url, ["--dump-dom"], budget_ms)
-    assert "<html" in out, "no DOM from chromium: %r" % out[:500]
-    return Dom(out)
+def open_page(browser, url):
+    """A fresh tab (its own sessionStorage) loaded with url."""
+    page = browser.new_page()
+    page.call("Page.enable")
+    r = page.call("Page.navigate", {"url": url}, timeout=15)
+    assert not r.get("errorText"), r
+    page.wait_event("Page.loadEventFired", timeout=15)
+    return page
+
+
+def wait_page(page, pred, timeout, what):
+    """Polls snapshots (real time) until pred(snapshot) holds; returns it."""
+    deadline = time.monotonic() + timeout
+    s = None
+    while True:
+        try:
+            s = snapshot(page)
+        except cdp.CDPError as e:  # e.g. between two documents
+            s = {"error": str(e)}
+        if "error" not in s and pred(s):
+            return s
+        assert time.monotonic() < deadline, "timed out waiting for %s: %r" % (what, s)
+        time.sleep(0.2)
 
 
 def number(s):
@@ -103,13 +88,14 @@ def number(s):
 
 class Traffic(threading.Thread):
     """Keep-alive requests to the gateway, about `rate`/s, until stop() or
-    TRAFFIC_MAX_S."""
+    TRAFFIC_MAX_S; .sent_rate(t0, t1) is the rate it really achieved."""
 
     def __init__(self, port, rate=300):
         super().__init__(daemon=True)
         self.port, self.rate = port, rate
         self.done = threading.Event()
         self.count = 0
+        self.times = []  # monotonic time of each completed request
         self.errors = []
 
     def run(self):
@@ -125,6 +111,7 @@ class Traffic(threading.Thread):
                 c.request("GET", paths[i % len(paths)])
                 r = c.getresponse()
                 r.read()
+                self.times.append(time.monotonic())
                 self.count += 1
             except (OSError, http.client.HTTPException) as e:
                 self.errors.append(repr(e))
@@ -140,6 +127,11 @@ class Traffic(threading.Thread):
         if c:
             c.close()
 
+    def sent_rate(self, t0, t1):
+        times = list(self.times)
+        t0 = max(t0, times[0]) if times else t0
+        return sum(1 for t in times if t0 <= t <= t1) / max(t1 - t0, 0.1)
+
     def stop(self):
         self.done.set()
         self.join(10)
@@ -152,6 +144,25 @@ def get(port, path, token=None, method="GET"):
     body = r.read()
     c.close()
     return r.status, r.getheader("Content-Type"), body
+
+
+def check_reading(s, b):
+    t = s["text"]
+    assert s["form_hidden"] and not s["dash_hidden"], t["token-msg"]
+    assert t["status"].strip() == "", t["status"]
+    assert re.search(r"\d", t["updated"]), t["updated"]
+    assert number(t["rps"]) and number(t["rps"]) > 0, t["rps"]
+    assert number(t["p95"]) is not None, t["p95"]
+    assert number(t["p50"]) <= number(t["p95"]) <= number(t["p99"]), t
+    assert number(t["ratelimit-rps"]) is not None, t["ratelimit-rps"]
+    assert number(t["errors"]) == 0, t["errors"]
+    assert t["cache-hit-ratio"].endswith("%"), t["cache-hit-ratio"]
+    rows = [r for r in s["rows"] if r["pool"] == "app" and r["server"] == b.addr]
+    assert rows, s["rows"]
+    assert "up" in rows[0]["cells"], rows[0]
+    assert any(r["pool"] == "scaled" for r in s["rows"]), s["rows"]
+    assert "scaled" in t["scaling"], t["scaling"]
+    assert "instance_ready" in t["history"] or "config" in t["history"], t["history"]
 
 
 def test_dashboard(gateway, backend, tmp_path):
@@ -179,51 +190,58 @@ def test_dashboard(gateway, backend, tmp_path):
     assert wait_until(lambda: get(g.port, "/scaled/x")[0] == 200, 20)
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    url = "http://127.0.0.1:%d/#token=%s" % (ap, TOKEN)
-    traffic = Traffic(g.port)
-    traffic.start()
-    try:
-        assert wait_until(lambda: traffic.count > 50, 10), traffic.errors[:5]
-        d1 = dump(tmp_path, url)
-        time.sleep(2)
-        d2 = dump(tmp_path, url)
-        shot = ARTIFACTS / "dashboard.png"
-        if shot.exists():
-            shot.unlink()
-        chromium(tmp_path, url, ["--screenshot=%s" % shot, "--window-size=1280,900",
-                                 "--hide-scrollbars"], 7000)
-    finally:
-        traffic.stop()
-    assert traffic.count > 100 and not traffic.errors, (traffic.count, traffic.errors[:5])
+    shot = ARTIFACTS / "dashboard.png"
+    if shot.exists():
+        shot.unlink()
+    base = "http://127.0.0.1:%d/" % ap
+    with cdp.Browser(CHROMIUM, tmp_path / "chromium-profile",
+                     ["--window-size=1280,900", "--hide-scrollbars"],
+                     log_path=tmp_path / "chromium.log") as browser:
+        traffic = Traffic(g.port)
+        traffic.start()
+        try:
+            assert wait_until(lambda: traffic.count > 50, 10), traffic.errors[:5]
+            p = open_page(browser, base + "#token=" + TOKEN)
+            # the first rates need two polls (2 s apart)
+            s1 = wait_page(p, lambda s: number(s["text"]["rps"]) is not None
+                           and number(s["text"]["p95"]) is not None, 15, "live numbers")
+            t1 = time.monotonic()
+            time.sleep(READING_GAP_S)
+            s2 = snapshot(p)
+            t2 = time.monotonic()
+            data = p.call("Page.captureScreenshot", {"format": "png"}, timeout=15)["data"]
+            shot.write_bytes(base64.b64decode(data))
+        finally:
+            traffic.stop()
+        assert traffic.count > 100 and not traffic.errors, (traffic.count, traffic.errors[:5])
 
-    for d in (d1, d2):
-        assert d.attrs["token-form"].get("hidden") is not None, d.text.get("token-msg")
-        assert d.text["status"].strip() == "", d.text["status"]
-        assert re.search(r"\d", d.text["updated"]), d.text["updated"]
-        assert number(d.text["rps"]) and number(d.text["rps"]) > 0, d.text["rps"]
-        assert number(d.text["p95"]) is not None, d.text["p95"]
-        assert number(d.text["p50"]) <= number(d.text["p95"]) <= number(d.text["p99"])
-        assert number(d.text["ratelimit-rps"]) is not None
-        assert number(d.text["errors"]) == 0
-        assert d.text["cache-hit-ratio"].endswith("%"), d.text["cache-hit-ratio"]
-        rows = [r for r in d.rows if r["pool"] == "app" and r["server"] == b.addr]
-        assert rows, d.rows
-        assert "up" in rows[0]["cells"], rows[0]
-        assert any(r["pool"] == "scaled" for r in d.rows), d.rows
-        assert "scaled" in d.text["scaling"], d.text["scaling"]
-        assert "instance_ready" in d.text["history"] or "config" in d.text["history"], \
-            d.text["history"]
-    assert any(d1.text[i] != d2.text[i] for i in LIVE_IDS), \
-        {i: (d1.text[i], d2.text[i]) for i in LIVE_IDS}
-    assert number(d2.text["requests-total"]) > number(d1.text["requests-total"])
-    assert shot.exists() and shot.stat().st_size > 10 * 1024, shot
+        for s, t in ((s1, t1), (s2, t2)):
+            check_reading(s, b)
+            # The page's rate covers its last 2 s poll interval, which ended
+            # at most 2 s before the reading: compare with what was sent in
+            # the 4 s before it.
+            sent = traffic.sent_rate(t - 4, t)
+            shown = number(s["text"]["rps"])
+            print("reading: page rps %s (sent %.1f/s), p50/p95/p99 %s/%s/%s ms, updated %s"
+                  % (shown, sent, s["text"]["p50"], s["text"]["p95"], s["text"]["p99"],
+                     s["text"]["updated"]))
+            assert 0.3 * sent <= shown <= 3 * sent, (shown, sent)
+        assert any(s1["text"][i] != s2["text"][i] for i in LIVE_IDS), \
+            {i: (s1["text"][i], s2["text"][i]) for i in LIVE_IDS}
+        assert number(s2["text"]["requests-total"]) > number(s1["text"]["requests-total"])
+        assert s2["text"]["updated"] != s1["text"]["updated"], s1["text"]["updated"]
+        assert shot.exists() and shot.stat().st_size > 10 * 1024, shot
 
-    # A wrong token: the form again, with the message.
-    d = dump(tmp_path, "http://127.0.0.1:%d/#token=wrong" % ap, budget_ms=3000)
-    assert d.attrs["token-form"].get("hidden") is None
-    assert "401" in d.text["token-msg"], d.text["token-msg"]
-    assert d.attrs["dash"].get("hidden") is not None
-    # No token at all: the form, no message.
-    d = dump(tmp_path, "http://127.0.0.1:%d/" % ap, budget_ms=1000)
-    assert d.attrs["token-form"].get("hidden") is None
-    assert d.text["token-msg"].strip() == ""
+        # A wrong token: the form again, with the message.
+        p = open_page(browser, base + "#token=wrong")
+        s = wait_page(p, lambda s: not s["form_hidden"] and "401" in s["text"]["token-msg"], 10,
+                      "the token form with a 401 message")
+        assert s["dash_hidden"], s
+        # No token at all (a new tab, so nothing in sessionStorage): the form, no message.
+        p = open_page(browser, base)
+        s = wait_page(p, lambda s: not s["form_hidden"], 10, "the token form")
+        time.sleep(0.5)
+        s = snapshot(p)
+        assert not s["form_hidden"] and s["dash_hidden"], s
+        assert s["text"]["token-msg"].strip() == "", s["text"]["token-msg"]
+        assert s["text"]["updated"] == "never", s["text"]["updated"]

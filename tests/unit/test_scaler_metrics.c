@@ -234,8 +234,8 @@ static void test_pools_in_config_order(void **state) {
         "scalegate_pool_instances{pool=\"app\",state=\"ready\"} 0\n"
         "scalegate_pool_instances{pool=\"app\",state=\"draining\"} 0\n"
         "scalegate_pool_instances{pool=\"app\",state=\"stopping\"} 0\n",
-        "scalegate_pool_desired_instances{pool=\"zed\"} 0\n"
-        "scalegate_pool_desired_instances{pool=\"app\"} 0\n",
+        "scalegate_pool_desired_instances{pool=\"zed\"} 1\n"
+        "scalegate_pool_desired_instances{pool=\"app\"} 2\n",
         "scalegate_pool_min_instances{pool=\"zed\"} 1\n"
         "scalegate_pool_min_instances{pool=\"app\"} 2\n",
         "scalegate_pool_max_instances{pool=\"zed\"} 1\n"
