@@ -2,6 +2,7 @@
  * Cache keys, Cache-Control, storability and served heads (see object.h).
  */
 #include "cache/object.h"
+#include "core/out.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -482,29 +483,14 @@ int sg_cache_obj_desc(const char *head, size_t head_len, char **out, size_t *out
 
 /* ---- serving ------------------------------------------------------------ */
 
-struct out {
-    char *p, *end;
-};
-
-static void put(struct out *o, const char *s, size_t n) {
-    if (o->p > o->end || (size_t)(o->end - o->p) < n) {
-        o->p = o->end + 1;
-        return;
-    }
-    memcpy(o->p, s, n);
-    o->p += n;
-}
-
-#define PUTS(o, lit) put((o), (lit), sizeof(lit) - 1)
-
-static void put_u64(struct out *o, uint64_t v) {
+static void put_u64(struct sg_out *o, uint64_t v) {
     char tmp[24];
     int n = 0;
     do {
         tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    put(o, tmp + sizeof(tmp) - n, (size_t)n);
+    sg_out_put(o, tmp + sizeof(tmp) - n, (size_t)n);
 }
 
 size_t sg_cache_serve_head_size(const struct sg_cache_obj *o, const struct sg_cache_serve *s) {
@@ -526,48 +512,48 @@ static bool in_304(const char *line, size_t len) {
 
 int sg_cache_serve_head(const struct sg_cache_obj *o, const struct sg_cache_serve *s, char *out,
                         size_t cap) {
-    struct out w = {out, out + cap};
+    struct sg_out w = {out, out + cap};
     int status = s->not_modified ? 304 : o->m.status;
     char st[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
                   (char)('0' + status % 10), ' '};
-    PUTS(&w, "HTTP/1.1 ");
-    put(&w, st, 4);
+    SG_OUT_PUTS(&w, "HTTP/1.1 ");
+    sg_out_put(&w, st, 4);
     if (s->not_modified)
-        PUTS(&w, "Not Modified");
+        SG_OUT_PUTS(&w, "Not Modified");
     else
-        put(&w, o->reason, o->m.reason_len);
-    PUTS(&w, "\r\n");
+        sg_out_put(&w, o->reason, o->m.reason_len);
+    SG_OUT_PUTS(&w, "\r\n");
     if (s->not_modified) {
         const char *p = o->fields, *end = o->fields + o->m.fields_len;
         while (p < end) {
             const char *nl = memchr(p, '\n', (size_t)(end - p));
             size_t n = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
             if (in_304(p, n))
-                put(&w, p, n);
+                sg_out_put(&w, p, n);
             p += n;
         }
     } else {
-        put(&w, o->fields, o->m.fields_len);
+        sg_out_put(&w, o->fields, o->m.fields_len);
     }
-    PUTS(&w, "Age: ");
+    SG_OUT_PUTS(&w, "Age: ");
     put_u64(&w, s->age_s);
-    PUTS(&w, "\r\nX-Cache: ");
-    put(&w, s->x_cache, strlen(s->x_cache));
-    PUTS(&w, "\r\n");
+    SG_OUT_PUTS(&w, "\r\nX-Cache: ");
+    sg_out_put(&w, s->x_cache, strlen(s->x_cache));
+    SG_OUT_PUTS(&w, "\r\n");
     if (s->extra_len)
-        put(&w, s->extra, s->extra_len);
-    PUTS(&w, "Via: 1.1 scalegate\r\n");
+        sg_out_put(&w, s->extra, s->extra_len);
+    SG_OUT_PUTS(&w, "Via: 1.1 scalegate\r\n");
     if (!s->not_modified && o->m.status != 204 && o->m.status >= 200) {
-        PUTS(&w, "Content-Length: ");
+        SG_OUT_PUTS(&w, "Content-Length: ");
         put_u64(&w, o->m.body_len);
-        PUTS(&w, "\r\n");
+        SG_OUT_PUTS(&w, "\r\n");
     }
     if (!s->keep_alive)
-        PUTS(&w, "Connection: close\r\n");
+        SG_OUT_PUTS(&w, "Connection: close\r\n");
     else if (s->client_http10)
-        PUTS(&w, "Connection: keep-alive\r\n");
-    PUTS(&w, "\r\n");
-    if (w.p > w.end)
+        SG_OUT_PUTS(&w, "Connection: keep-alive\r\n");
+    SG_OUT_PUTS(&w, "\r\n");
+    if (sg_out_overflowed(&w))
         return -1;
     return (int)(w.p - out);
 }

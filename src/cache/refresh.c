@@ -28,6 +28,7 @@
  * on the config snapshot its pool belongs to until then.
  */
 #include "cache/refresh.h"
+#include "core/out.h"
 
 #include <stdatomic.h>
 #include <stdarg.h>
@@ -109,22 +110,6 @@ unsigned sg_cache_refresh_count(const struct sg_worker *w) {
 
 /* ---- the request --------------------------------------------------------- */
 
-struct out {
-    char *p;
-    char *end;
-};
-
-static void put(struct out *o, const char *s, size_t n) {
-    if (o->p > o->end || (size_t)(o->end - o->p) < n) {
-        o->p = o->end + 1; /* overflow marker: checked at the end */
-        return;
-    }
-    memcpy(o->p, s, n);
-    o->p += n;
-}
-
-#define PUTS(o, lit) put((o), (lit), sizeof(lit) - 1)
-
 /* Fields never copied from the client's head: conditionals and Range
  * (the refresh wants the whole current response, not a 304 or a part). */
 static bool conditional(const struct sg_http_header *h) {
@@ -169,7 +154,7 @@ static struct sg_buf *build_request(const struct sg_http_msg *m, size_t head_len
                                     const char *fallback_host) {
     size_t cap = head_len + strlen(fallback_host) + 256;
     struct sg_buf *b = sg_buf_get_size(cap);
-    struct out o = {b->data, b->data + b->cap};
+    struct sg_out o = {b->data, b->data + b->cap};
     const char *path, *host;
     size_t path_len, host_len;
     split_target(m, &path, &path_len, &host, &host_len);
@@ -181,13 +166,13 @@ static struct sg_buf *build_request(const struct sg_http_msg *m, size_t head_len
         host = fallback_host; /* HTTP/1.0 without Host: the pool's name, as the proxy does */
         host_len = strlen(fallback_host);
     }
-    PUTS(&o, "GET ");
+    SG_OUT_PUTS(&o, "GET ");
     if (path_len == 0 || path[0] == '?') /* "http://h" -> "/", "http://h?q" -> "/?q" */
-        PUTS(&o, "/");
-    put(&o, path, path_len);
-    PUTS(&o, " HTTP/1.1\r\nHost: ");
-    put(&o, host, host_len);
-    PUTS(&o, "\r\n");
+        SG_OUT_PUTS(&o, "/");
+    sg_out_put(&o, path, path_len);
+    SG_OUT_PUTS(&o, " HTTP/1.1\r\nHost: ");
+    sg_out_put(&o, host, host_len);
+    SG_OUT_PUTS(&o, "\r\n");
     for (uint32_t i = 0; i < m->num_headers; i++) {
         const struct sg_http_header *h = &m->headers[i];
         switch (h->id) {
@@ -212,14 +197,14 @@ static struct sg_buf *build_request(const struct sg_http_msg *m, size_t head_len
         }
         if (h->hop || conditional(h))
             continue;
-        put(&o, h->name, h->name_len);
-        PUTS(&o, ": ");
-        put(&o, h->value, h->value_len);
-        PUTS(&o, "\r\n");
+        sg_out_put(&o, h->name, h->name_len);
+        SG_OUT_PUTS(&o, ": ");
+        sg_out_put(&o, h->value, h->value_len);
+        SG_OUT_PUTS(&o, "\r\n");
     }
-    PUTS(&o, "X-Forwarded-Proto: http\r\nVia: 1.1 scalegate\r\nX-Cache-Refresh: 1\r\n"
-             "Connection: close\r\n\r\n");
-    if (o.p > o.end) {
+    SG_OUT_PUTS(&o, "X-Forwarded-Proto: http\r\nVia: 1.1 scalegate\r\nX-Cache-Refresh: 1\r\n"
+                    "Connection: close\r\n\r\n");
+    if (sg_out_overflowed(&o)) {
         sg_buf_put(b);
         return NULL;
     }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "proxy/proxy_int.h"
+#include "core/out.h"
 #include "stats/accesslog.h"
 
 static const char hex[] = "0123456789abcdef";
@@ -22,31 +23,15 @@ void sg_request_id(struct sg_worker *w, char out[33]) {
     out[32] = '\0';
 }
 
-struct out {
-    char *p;
-    char *end;
-};
-
-static void put(struct out *o, const char *s, size_t n) {
-    if (o->p > o->end || (size_t)(o->end - o->p) < n) {
-        o->p = o->end + 1; /* overflow marker: checked by the caller */
-        return;
-    }
-    memcpy(o->p, s, n);
-    o->p += n;
+static void put_header(struct sg_out *o, const struct sg_http_header *h) {
+    sg_out_put(o, h->name, h->name_len);
+    SG_OUT_PUTS(o, ": ");
+    sg_out_put(o, h->value, h->value_len);
+    SG_OUT_PUTS(o, "\r\n");
 }
 
-#define PUTS(o, lit) put((o), (lit), sizeof(lit) - 1)
-
-static void put_header(struct out *o, const struct sg_http_header *h) {
-    put(o, h->name, h->name_len);
-    PUTS(o, ": ");
-    put(o, h->value, h->value_len);
-    PUTS(o, "\r\n");
-}
-
-static struct sg_buf *finish(struct sg_buf *b, struct out *o) {
-    if (o->p > o->end) {
+static struct sg_buf *finish(struct sg_buf *b, struct sg_out *o) {
+    if (sg_out_overflowed(o)) {
         sg_buf_put(b);
         return NULL;
     }
@@ -62,7 +47,7 @@ struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
         cap += m->headers[i].name_len + m->headers[i].value_len + 4;
     cap += 256 + strlen(fallback_host);
     struct sg_buf *b = sg_buf_get_size(cap);
-    struct out o = {b->data, b->data + b->cap};
+    struct sg_out o = {b->data, b->data + b->cap};
 
     const char *path = m->target;
     size_t path_len = m->target_len;
@@ -95,14 +80,14 @@ struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
         host = fallback_host; /* HTTP/1.0 without Host: the pool's name, as nginx does */
         host_len = strlen(fallback_host);
     }
-    put(&o, m->method, m->method_len);
-    PUTS(&o, " ");
+    sg_out_put(&o, m->method, m->method_len);
+    SG_OUT_PUTS(&o, " ");
     if (path[0] == '?') /* "http://h?q" -> "/?q" */
-        PUTS(&o, "/");
-    put(&o, path, path_len);
-    PUTS(&o, " HTTP/1.1\r\nHost: ");
-    put(&o, host, host_len);
-    PUTS(&o, "\r\n");
+        SG_OUT_PUTS(&o, "/");
+    sg_out_put(&o, path, path_len);
+    SG_OUT_PUTS(&o, " HTTP/1.1\r\nHost: ");
+    sg_out_put(&o, host, host_len);
+    SG_OUT_PUTS(&o, "\r\n");
 
     bool have_rid = false;
     const struct sg_http_header *xff[16];
@@ -139,15 +124,15 @@ struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
     }
     char ip[64];
     size_t iplen = sg_conn_ip(c, ip);
-    PUTS(&o, "X-Forwarded-For: ");
+    SG_OUT_PUTS(&o, "X-Forwarded-For: ");
     for (unsigned i = 0; i < nxff; i++) {
         if (xff[i]->value_len == 0)
             continue;
-        put(&o, xff[i]->value, xff[i]->value_len);
-        PUTS(&o, ", ");
+        sg_out_put(&o, xff[i]->value, xff[i]->value_len);
+        SG_OUT_PUTS(&o, ", ");
     }
-    put(&o, ip, iplen);
-    PUTS(&o, "\r\nX-Forwarded-Proto: http\r\nVia: 1.1 scalegate\r\n");
+    sg_out_put(&o, ip, iplen);
+    SG_OUT_PUTS(&o, "\r\nX-Forwarded-Proto: http\r\nVia: 1.1 scalegate\r\n");
     if (!have_rid) {
         char rid[33];
         if (c->alog && c->alog->rid[0]) { /* made for the access log already */
@@ -155,13 +140,13 @@ struct sg_buf *sg__request_head(struct sg_conn *c, const struct sg_http_msg *m,
         } else {
             sg_request_id(c->w, rid);
         }
-        PUTS(&o, "X-Request-ID: ");
-        put(&o, rid, 32);
-        PUTS(&o, "\r\n");
+        SG_OUT_PUTS(&o, "X-Request-ID: ");
+        sg_out_put(&o, rid, 32);
+        SG_OUT_PUTS(&o, "\r\n");
     }
     if (upgrade)
-        PUTS(&o, "Connection: upgrade\r\n");
-    PUTS(&o, "\r\n");
+        SG_OUT_PUTS(&o, "Connection: upgrade\r\n");
+    SG_OUT_PUTS(&o, "\r\n");
     return finish(b, &o);
 }
 
@@ -171,13 +156,13 @@ struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, b
     for (uint32_t i = 0; i < m->num_headers; i++)
         cap += m->headers[i].name_len + m->headers[i].value_len + 4;
     struct sg_buf *b = sg_buf_get_size(cap);
-    struct out o = {b->data, b->data + b->cap};
+    struct sg_out o = {b->data, b->data + b->cap};
     char status[4] = {(char)('0' + m->status / 100), (char)('0' + m->status / 10 % 10),
                       (char)('0' + m->status % 10), ' '};
-    PUTS(&o, "HTTP/1.1 ");
-    put(&o, status, 4);
-    put(&o, m->reason, m->reason_len);
-    PUTS(&o, "\r\n");
+    SG_OUT_PUTS(&o, "HTTP/1.1 ");
+    sg_out_put(&o, status, 4);
+    sg_out_put(&o, m->reason, m->reason_len);
+    SG_OUT_PUTS(&o, "\r\n");
     bool upgrade = m->status == 101;
     bool own_xcache = extra && memmem(extra->data, extra->end, "X-Cache:", 8) != NULL;
     for (uint32_t i = 0; i < m->num_headers; i++) {
@@ -195,14 +180,14 @@ struct sg_buf *sg__response_head(const struct sg_http_msg *m, bool keep_alive, b
         put_header(&o, h);
     }
     if (extra)
-        put(&o, extra->data, extra->end);
-    PUTS(&o, "Via: 1.1 scalegate\r\n");
+        sg_out_put(&o, extra->data, extra->end);
+    SG_OUT_PUTS(&o, "Via: 1.1 scalegate\r\n");
     if (upgrade)
-        PUTS(&o, "Connection: upgrade\r\n");
+        SG_OUT_PUTS(&o, "Connection: upgrade\r\n");
     else if (!keep_alive)
-        PUTS(&o, "Connection: close\r\n");
+        SG_OUT_PUTS(&o, "Connection: close\r\n");
     else if (client_http10)
-        PUTS(&o, "Connection: keep-alive\r\n");
-    PUTS(&o, "\r\n");
+        SG_OUT_PUTS(&o, "Connection: keep-alive\r\n");
+    SG_OUT_PUTS(&o, "\r\n");
     return finish(b, &o);
 }
