@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, free_port, tail, wait_until
+from conftest import REPO, free_port, port_range, tail, wait_until
 
 TOKEN = "t0ken-for-tests"
 ENV = {"SG_TEST_TOKEN": TOKEN}
@@ -30,28 +30,6 @@ def demo_bin():
     if not os.access(b, os.X_OK):
         pytest.fail("demo-backend %s not found (set DEMO_BACKEND_BIN)" % b)
     return b
-
-
-def port_range(n):
-    """n consecutive free loopback ports (best effort: probed now)."""
-    for _ in range(50):
-        base = free_port()
-        if base + n > 65000:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            s = socket.socket()
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                ok = False
-            finally:
-                s.close()
-            if not ok:
-                break
-        if ok:
-            return base, base + n - 1
-    pytest.fail("no range of %d free ports" % n)
 
 
 def scaled_config(scale, admin_port, extra_pool="", top="", health=""):
