@@ -2315,7 +2315,7 @@ def report_ratelimit(args, rl, notes):
             ", ".join("%s %d s" % (c, p["seconds"]) for c, p in rl.get("prime", {}).items()
                       if "seconds" in p) or "-",
             " (d): a redis-server started for the part, on the gateway's CPU, answering "
-            "every request's EVAL." if "d" in rl["cases"] else ""))
+            "every request's script (EVAL once per connection, then EVALSHA)." if "d" in rl["cases"] else ""))
     if flagged:
         add("* other processes used more than %.0f%% of a core during at least one round." % (
             100 * args.foreign_limit))

@@ -492,9 +492,11 @@ enum sg_cache_verdict sg_cache_request(struct sg_conn *c, const struct sg_http_m
             sg_cache_entry_unref(e);
     }
     if (reqcc.only_if_cached) {
+        /* RFC 9111 5.2.1.7: a stored response or 504, never the backend. */
         sg_cache_entry_unref(stale);
         sg_cache_conn_drop(c);
-        return SG_CACHE_PASS; /* the proxy answers as usual; 504 would be stricter */
+        count(wi, C_MISSES);
+        return SG_CACHE_UNSATISFIED;
     }
     if (q && q->bypass) {
         struct sg_cache_obj o;
@@ -778,14 +780,18 @@ void sg_cache_on_done(struct sg_cache_req *q, struct sg_worker *w) {
         return;
     }
     int r = sg_cache_put(store, e);
-    count(w->index, r == 0 ? C_STORES : C_STORE_FAILURES);
+    if (r != -ESTALE)
+        count(w->index, r == 0 ? C_STORES : C_STORE_FAILURES);
     size_t plen = key_path_len(q->key, q->key_len);
+    /* Purged while it was on its way: the client still gets it (it asked
+     * before the purge), but neither tier keeps it. */
+    bool current = r != -ESTALE && !(r != 0 && sg_cache_outdated(store, e));
     struct sg_cache_meta m;
     memcpy(&m, q->obj, sizeof(m));
     uint64_t window = m.swr_ms > m.sie_ms ? m.swr_ms : m.sie_ms;
     uint64_t l2_ttl = m.ttl_ms + window < q->l2_ttl_ms ? m.ttl_ms + window : q->l2_ttl_ms;
-    bool l2 = w->redis && q->l2_ttl_ms && sg_redis_connected(w->redis);
-    if (q->okey) {
+    bool l2 = current && w->redis && q->l2_ttl_ms && sg_redis_connected(w->redis);
+    if (q->okey && current) {
         char *desc;
         size_t dlen;
         if (sg_cache_obj_desc(q->obj, q->obj_head_len, &desc, &dlen) == 0) {

@@ -38,10 +38,11 @@ struct sg_cache_store *sg_cache_store(void);
 /* ---- request path (worker threads) ---- */
 
 enum sg_cache_verdict {
-    SG_CACHE_PASS = 0, /* go to the backend (c->creq may be set: the proxy takes it) */
-    SG_CACHE_ANSWERED, /* answered from the cache; the head is consumed, c is kept */
-    SG_CACHE_DONE,     /* answered, and c is closing (or closed) */
-    SG_CACHE_WAIT      /* c waits (state SG_CONN_FILL) for a fill; its head stays in rbuf */
+    SG_CACHE_PASS = 0,   /* go to the backend (c->creq may be set: the proxy takes it) */
+    SG_CACHE_ANSWERED,   /* answered from the cache; the head is consumed, c is kept */
+    SG_CACHE_DONE,       /* answered, and c is closing (or closed) */
+    SG_CACHE_WAIT,       /* c waits (state SG_CONN_FILL) for a fill; its head stays in rbuf */
+    SG_CACHE_UNSATISFIED /* only-if-cached with no copy to give: the caller answers 504 */
 };
 
 /* The cache's part of a request whose head (head_len bytes at the front of

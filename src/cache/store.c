@@ -10,6 +10,15 @@
  * removed, expired) are collected on a local list and their references
  * dropped after the lock is released, so freeing never happens under a
  * lock.
+ *
+ * A purge by prefix scans the shards one by one; a response requested
+ * before it and stored after the scan passed its shard would survive it.
+ * So the purge is first written in a ring of recent prefix purges, and a
+ * put checks the ring, under its shard's lock, when the entry's version is
+ * older than the last purge: either the put comes before the scan of its
+ * shard (and the scan removes the entry) or after the purge was written
+ * (and the put sees it). An entry older than a purge pushed out of the
+ * ring is refused whatever its key (a spurious miss, never a stale hit).
  */
 #include "cache/store.h"
 
@@ -23,6 +32,7 @@
 #include <time.h>
 
 #define MIN_BUCKETS 16u
+#define PURGE_RING  64u
 
 struct node {
     struct node *hnext;       /* hash chain; also the to-free list once unlinked */
@@ -48,6 +58,18 @@ struct sg_cache_store {
     _Atomic uint64_t clock; /* last version handed out */
     _Atomic uint64_t all;   /* version of the last invalidate_all */
     _Atomic uint64_t stamps[SG_CACHE_GROUP_SLOTS];
+    /* Recent prefix purges (see the top): ring[next % PURGE_RING] is the
+     * oldest once the ring is full; floor is the newest version pushed
+     * out. purged: the version of the last purge, read without the lock. */
+    pthread_mutex_t purge_lock;
+    struct purge {
+        char *prefix; /* owned; NULL: an empty slot */
+        size_t len;
+        uint64_t version;
+    } ring[PURGE_RING];
+    unsigned next;
+    uint64_t floor;
+    _Atomic uint64_t purged;
     struct shard shards[SG_CACHE_SHARDS];
 };
 
@@ -208,6 +230,7 @@ struct sg_cache_store *sg_cache_store_new(size_t cap_bytes) {
     memset(s, 0, sizeof(*s));
     s->cap = cap_bytes;
     s->seed = sg_random_seed(s);
+    pthread_mutex_init(&s->purge_lock, NULL);
     for (size_t i = 0; i < SG_CACHE_SHARDS; i++) {
         pthread_mutex_init(&s->shards[i].lock, NULL);
         s->shards[i].cap = cap_bytes / SG_CACHE_SHARDS;
@@ -223,7 +246,34 @@ void sg_cache_store_free(struct sg_cache_store *s) {
         pthread_mutex_destroy(&s->shards[i].lock);
         free(s->shards[i].buckets);
     }
+    for (size_t i = 0; i < PURGE_RING; i++)
+        free(s->ring[i].prefix);
+    pthread_mutex_destroy(&s->purge_lock);
     free(s);
+}
+
+static bool invalidated(struct sg_cache_store *s, const struct sg_cache_entry *e);
+
+/* Whether a prefix purge newer than e covers it (or one pushed out of the
+ * ring might). */
+static bool purged(struct sg_cache_store *s, const struct sg_cache_entry *e) {
+    if (e->version == 0 || e->version > atomic_load_explicit(&s->purged, memory_order_acquire))
+        return false;
+    bool hit = false;
+    pthread_mutex_lock(&s->purge_lock);
+    if (e->version <= s->floor)
+        hit = true;
+    for (size_t i = 0; !hit && i < PURGE_RING; i++) {
+        const struct purge *p = &s->ring[i];
+        hit = p->prefix != NULL && e->version <= p->version && e->key_len >= p->len &&
+              memcmp(e->key, p->prefix, p->len) == 0;
+    }
+    pthread_mutex_unlock(&s->purge_lock);
+    return hit;
+}
+
+bool sg_cache_outdated(struct sg_cache_store *s, const struct sg_cache_entry *e) {
+    return invalidated(s, e) || purged(s, e);
 }
 
 int sg_cache_put(struct sg_cache_store *s, struct sg_cache_entry *e) {
@@ -255,6 +305,12 @@ int sg_cache_put(struct sg_cache_store *s, struct sg_cache_entry *e) {
         sg_cache_entry_unref(e);
         free(n);
         return -E2BIG;
+    }
+    if (sg_cache_outdated(s, e)) { /* under the shard's lock: see the top */
+        pthread_mutex_unlock(&sh->lock);
+        sg_cache_entry_unref(e);
+        free(n);
+        return -ESTALE;
     }
     struct node **pp = find_locked(sh, h, e->key_hash, e->key, e->key_len);
     if (pp != NULL)
@@ -368,8 +424,33 @@ int sg_cache_remove(struct sg_cache_store *s, uint64_t key_hash, const char *key
     return dead != NULL;
 }
 
+/* Writes a purge of prefix in the ring (before the scan: see the top).
+ * Without memory for the copy, the purge covers every older entry. */
+static void note_purge(struct sg_cache_store *s, const char *prefix, size_t len) {
+    uint64_t v = sg_cache_version(s);
+    char *copy = malloc(len);
+    if (copy)
+        memcpy(copy, prefix, len);
+    pthread_mutex_lock(&s->purge_lock);
+    struct purge *p = &s->ring[s->next++ % PURGE_RING];
+    if (p->prefix && p->version > s->floor)
+        s->floor = p->version;
+    char *old = p->prefix;
+    p->prefix = copy;
+    p->len = len;
+    p->version = v;
+    if (copy == NULL && v > s->floor)
+        s->floor = v;
+    if (v > atomic_load_explicit(&s->purged, memory_order_relaxed))
+        atomic_store_explicit(&s->purged, v, memory_order_release);
+    pthread_mutex_unlock(&s->purge_lock);
+    free(old);
+}
+
 size_t sg_cache_remove_prefix(struct sg_cache_store *s, const char *prefix, size_t len) {
     size_t removed = 0;
+    if (len > 0)
+        note_purge(s, prefix, len);
     for (size_t i = 0; i < SG_CACHE_SHARDS; i++) {
         struct shard *sh = &s->shards[i];
         struct node *dead = NULL;

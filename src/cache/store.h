@@ -32,6 +32,7 @@
 #define SG_CACHE_STORE_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,9 +90,10 @@ void sg_cache_entry_unref(struct sg_cache_entry *e);
  * still unrefs it). An entry with the same key is replaced (its store
  * reference dropped). Evicts the shard's least recently used entries until
  * e fits. Returns 0, -E2BIG when e->charge exceeds the shard's share of the
- * cap (nothing changes, nothing is evicted), -ENOMEM when the node cannot
- * be allocated (nothing changes). Thread-safe. The same entry may be put
- * into several stores. */
+ * cap (nothing changes, nothing is evicted), -ESTALE when an invalidation
+ * or a prefix purge newer than e's version covers it (nothing changes),
+ * -ENOMEM when the node cannot be allocated (nothing changes). Thread-safe. The same entry may be
+ * put into several stores. */
 int sg_cache_put(struct sg_cache_store *s, struct sg_cache_entry *e);
 
 /* Looks up key (its hash key_hash as given to sg_cache_entry_new): returns
@@ -107,8 +109,9 @@ int sg_cache_remove(struct sg_cache_store *s, uint64_t key_hash, const char *key
 
 /* Removes every entry whose key starts with prefix (len bytes; len 0
  * removes everything): a purge by prefix, O(entries), each shard locked in
- * turn (an entry put meanwhile in an already scanned shard stays). Returns
- * how many were removed. Thread-safe. */
+ * turn. The purge is remembered (the last 64), so a later put of an entry
+ * with an older version and a key under prefix gets -ESTALE. Returns how
+ * many were removed. Thread-safe. */
 size_t sg_cache_remove_prefix(struct sg_cache_store *s, const char *prefix, size_t len);
 
 /* Removes every entry. Thread-safe (shard by shard, as above). */
@@ -130,6 +133,9 @@ void sg_cache_clear(struct sg_cache_store *s);
 uint64_t sg_cache_version(struct sg_cache_store *s);
 void sg_cache_invalidate_group(struct sg_cache_store *s, uint64_t group);
 void sg_cache_invalidate_all(struct sg_cache_store *s);
+/* Whether e (not yet stored, say) is already out of date: an invalidation
+ * or a prefix purge newer than its version covers it. Thread-safe. */
+bool sg_cache_outdated(struct sg_cache_store *s, const struct sg_cache_entry *e);
 
 /* Changes the cap (a reload); a lower one evicts least recently used
  * entries at once until every shard fits. Thread-safe. */

@@ -31,6 +31,16 @@
  * A lease is a pair of timers (the attempt tick, the validity end) and at
  * most one attempt in flight; it is freed when both timers have closed and
  * the attempt's callback has run (lease->refs).
+ *
+ * Scripts. r keeps a copy of each EVAL body it has seen (up to
+ * SG_REDIS_MAX_SCRIPTS, with its SHA-1). The first EVAL of a body on a connection goes
+ * out as it is, which also puts the script in Redis' cache; later ones go
+ * out as EVALSHA with its SHA-1, saving the body's bytes on the wire and
+ * Redis hashing them for every call. Commands on one connection are run in
+ * order, so an EVALSHA always follows its EVAL; a new connection (perhaps
+ * to a restarted Redis) starts over. Should the cache be emptied under us
+ * (SCRIPT FLUSH), the command that meets the NOSCRIPT error fails like any
+ * Redis error and the next ones send their bodies again.
  */
 #include "redis/redis.h"
 
@@ -51,6 +61,7 @@
 
 #include "core/list.h"
 #include "core/log.h"
+#include "core/sha1.h"
 #include "redis/redis_int.h"
 
 enum link_state {
@@ -102,6 +113,13 @@ struct sg_redis {
     bool down;           /* a failure was logged; the recovery will be too */
     bool handles_closing;
     unsigned pending_closes; /* handles whose close callback has not run */
+    struct script {
+        char *body; /* a copy, owned by r */
+        size_t len;
+        char sha[SG_SHA1_HEX_LEN + 1];
+        bool sent; /* this connection has sent the body (EVAL) */
+    } scripts[SG_REDIS_MAX_SCRIPTS];
+    unsigned nscripts;
 };
 
 struct req {
@@ -129,6 +147,7 @@ struct link_io {
 };
 
 static void link_down(struct sg_redis *r, const char *why);
+static bool scripts_forget(struct sg_redis *r);
 static void start_connect(struct sg_redis *r);
 static void maybe_finish(struct sg_redis *r);
 
@@ -183,6 +202,8 @@ static void io_del_write(void *p) {
 
 static void close_done(struct sg_redis *r) {
     if (--r->pending_closes == 0 && r->handles_closing) {
+        for (unsigned i = 0; i < r->nscripts; i++)
+            free(r->scripts[i].body);
         free(r->host);
         free(r->prefix);
         free(r);
@@ -475,6 +496,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
         keep_reply(q, reply);
     else
         q->err = r->drop_err ? r->drop_err : -ECONNRESET;
+    if (q->err == -EREMOTEIO && q->reply.str && strncmp(q->reply.str, "NOSCRIPT", 8) == 0 &&
+        scripts_forget(r))
+        sg_log_warn("redis %s: its script cache was emptied; sending the scripts again", r->name);
     complete(r, q);
 }
 
@@ -528,6 +552,7 @@ static void on_connected(const redisAsyncContext *ac, int status) {
     uv_timer_stop(&r->timer);
     redisEnableKeepAlive(&r->ac->c);
     r->backoff_ms = SG_REDIS_BACKOFF_MIN;
+    scripts_forget(r);
     set_state(r, LINK_CONNECTED);
     if (r->down)
         sg_log_warn("redis %s: connection restored", r->name);
@@ -817,6 +842,40 @@ static int fail_soon(struct sg_redis *r, struct req *q, int err) {
     return 0;
 }
 
+/* Returns whether any script was marked sent. */
+static bool scripts_forget(struct sg_redis *r) {
+    bool any = false;
+    for (unsigned i = 0; i < r->nscripts; i++) {
+        any |= r->scripts[i].sent;
+        r->scripts[i].sent = false;
+    }
+    return any;
+}
+
+/* The script of an EVAL command (argv[1], len bytes); NULL when the table
+ * is full or out of memory. */
+static struct script *script_of(struct sg_redis *r, const char *body, size_t len) {
+    for (unsigned i = 0; i < r->nscripts; i++)
+        if (r->scripts[i].len == len && memcmp(r->scripts[i].body, body, len) == 0)
+            return &r->scripts[i];
+    if (r->nscripts == SG_REDIS_MAX_SCRIPTS)
+        return NULL;
+    char *copy = malloc(len ? len : 1);
+    if (!copy)
+        return NULL;
+    memcpy(copy, body, len);
+    struct script *s = &r->scripts[r->nscripts++];
+    s->body = copy;
+    s->len = len;
+    s->sent = false;
+    sg_sha1_hex(body, len, s->sha);
+    return s;
+}
+
+static size_t arg_len(const char *const *argv, const size_t *argvlen, int i) {
+    return argvlen ? argvlen[i] : strlen(argv[i]);
+}
+
 static int issue(struct sg_redis *r, int argc, const char *const *argv, const size_t *argvlen,
                  sg_redis_reply_cb cb, void (*int_cb)(void *, long long, int), void *arg) {
     if (!r || argc < 1 || !argv)
@@ -835,8 +894,28 @@ static int issue(struct sg_redis *r, int argc, const char *const *argv, const si
         return fail_soon(r, q, -ENOTCONN);
     if (r->ninflight >= SG_REDIS_MAX_INFLIGHT)
         return fail_soon(r, q, -ENOBUFS);
+    struct script *s = NULL;
+    const char *sha_argv[SG_REDIS_MAX_EVAL_ARGS];
+    size_t sha_len[SG_REDIS_MAX_EVAL_ARGS];
+    if (argc >= 3 && argc <= SG_REDIS_MAX_EVAL_ARGS && arg_len(argv, argvlen, 0) == 4 &&
+        memcmp(argv[0], "EVAL", 4) == 0)
+        s = script_of(r, argv[1], arg_len(argv, argvlen, 1));
+    if (s && s->sent) {
+        sha_argv[0] = "EVALSHA";
+        sha_len[0] = 7;
+        sha_argv[1] = s->sha;
+        sha_len[1] = SG_SHA1_HEX_LEN;
+        for (int i = 2; i < argc; i++) {
+            sha_argv[i] = argv[i];
+            sha_len[i] = arg_len(argv, argvlen, i);
+        }
+        argv = sha_argv;
+        argvlen = sha_len;
+    }
     if (redisAsyncCommandArgv(r->ac, on_reply, q, argc, (const char **)argv, argvlen) != REDIS_OK)
         return fail_soon(r, q, r->ac->c.flags & REDIS_DISCONNECTING ? -ECONNRESET : -ENOMEM);
+    if (s)
+        s->sent = true;
     q->deadline = uv_now(r->loop) + SG_REDIS_COMMAND_TIMEOUT;
     if (sg_list_empty(&r->inflight))
         uv_timer_start(&r->cmd_timer, on_cmd_timer, SG_REDIS_COMMAND_TIMEOUT, 0);

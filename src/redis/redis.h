@@ -52,6 +52,8 @@
 #define SG_REDIS_BACKOFF_MAX     5000 /* ms */
 #define SG_REDIS_MAX_INFLIGHT    4096 /* commands awaiting a reply */
 #define SG_REDIS_NODE_ID_MAX     300  /* bytes of a node id, NUL included */
+#define SG_REDIS_MAX_SCRIPTS     16   /* EVAL bodies sent as EVALSHA; more go as EVAL */
+#define SG_REDIS_MAX_EVAL_ARGS   64   /* longer EVAL commands go as they are */
 
 struct sg_redis;
 struct sg_lease;
@@ -122,7 +124,10 @@ struct sg_redis_reply {
 typedef void (*sg_redis_reply_cb)(void *arg, const struct sg_redis_reply *reply, int err);
 
 /* Sends the command argv[0..argc-1] (argvlen[i] bytes each; argvlen NULL:
- * NUL-terminated strings). cb may be NULL (fire and forget). Returns 0 when
+ * NUL-terminated strings). An EVAL whose script this connection has sent
+ * before goes out as EVALSHA (redis.c, "Scripts"); after a SCRIPT FLUSH
+ * such a command fails with -EREMOTEIO ("NOSCRIPT ...") and the next one
+ * sends the script again. cb may be NULL (fire and forget). Returns 0 when
  * cb will be called (once, later), or, with no callback to come, -EINVAL
  * (argc < 1), -ENOMEM, or -ESHUTDOWN (r is being freed). */
 int sg_redis_command_argv(struct sg_redis *r, int argc, const char *const *argv,

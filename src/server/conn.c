@@ -626,6 +626,9 @@ static bool process_one(struct sg_conn *c) {
                 memcpy(c->rl_verdict, v, sizeof(*v));
             }
             return false;
+        case SG_CACHE_UNSATISFIED:
+            return answer_and_keep(c, &msg, (size_t)r, 504, v && v->hdr_len ? v->hdr : NULL,
+                                   v ? v->hdr_len : 0);
         case SG_CACHE_PASS:
             break;
         }

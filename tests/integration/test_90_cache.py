@@ -196,6 +196,26 @@ def test_client_cache_control(gateway, backend):
     c2.close()
 
 
+def test_only_if_cached(gateway, backend):
+    """RFC 9111 5.2.1.7: a stored response, or 504 without asking the backend."""
+    b = backend()
+    g = gateway(config=config(b, "{ ttl: 1s }"))
+    c = Client(g.port)
+    oic = {"Cache-Control": "only-if-cached"}
+    s, h, _ = c.get("/oic", oic)
+    assert s == 504 and xc(h) is None
+    assert nreq(b, "/oic") == 0
+    # the connection is kept, and a plain request fills the cache
+    assert xc(c.get("/oic")[1]) == "MISS"
+    s, h, _ = c.get("/oic", oic)
+    assert (s, xc(h)) == (200, "HIT")
+    # an expired copy is not one the client accepts
+    time.sleep(1.3)
+    assert c.get("/oic", oic)[0] == 504
+    assert nreq(b, "/oic") == 1
+    c.close()
+
+
 def test_set_cookie_never_cached(gateway, backend):
     b = backend()
     g = gateway(config=config(b))
@@ -447,6 +467,35 @@ def test_admin_purge(gateway, backend):
     s, st = admin_call(ap, "GET", "/api/v1/cache/stats")
     assert s == 200 and st["hits"] >= 8 and st["misses"] >= 8 and st["memory"]["entries"] >= 1
     assert 0 < st["hit_ratio"] < 1
+    c.close()
+
+
+def test_purge_during_fill_is_not_stored(gateway, backend):
+    """A response fetched while a prefix purge ran goes to its client but is
+    not kept: the next request is a miss."""
+    b = backend()
+    ap = free_port()
+    g = gateway(config=config(b, top=admin_top(ap)), env={"SG_TEST_TOKEN": TOKEN})
+    out = {}
+
+    def slow():
+        c = Client(g.port)
+        out["first"] = c.get("/delay?ms=800")
+        c.close()
+
+    t = threading.Thread(target=slow)
+    t.start()
+    # the backend logs a request before it sleeps on it
+    assert wait_until(lambda: nreq(b, "/delay?ms=800") == 1, 5)
+    s, r = admin_call(ap, "POST", "/api/v1/cache/purge", {"prefix": "/del"})
+    assert s == 200
+    assert t.is_alive(), "the purge came after the response: nothing was tested"
+    t.join(10)
+    assert (out["first"][0], xc(out["first"][1])) == (200, "MISS")
+    c = Client(g.port)
+    assert xc(c.get("/delay?ms=800")[1]) == "MISS"
+    assert xc(c.get("/delay?ms=800")[1]) == "HIT"
+    assert nreq(b, "/delay?ms=800") == 2
     c.close()
 
 

@@ -3,7 +3,8 @@
  * get, replace and remove; the stale window; the byte cap under far more
  * data than it holds, with LRU order; refusal of entries larger than a
  * shard's share; a reader's reference outliving eviction (ASan checks the
- * bytes are still valid); purge by prefix; full 64-bit hash collisions;
+ * bytes are still valid); purge by prefix, and puts of responses requested
+ * before a purge; full 64-bit hash collisions;
  * and four threads putting and getting overlapping keys for a second.
  * LeakSanitizer checks at exit that every entry and node was freed.
  */
@@ -540,6 +541,49 @@ static void test_invalidate_group(void **state) {
     sg_cache_store_free(s);
 }
 
+/* A response requested before a prefix purge and stored after it (a fill
+ * in flight) is refused; one requested after is stored; a key outside the
+ * prefix is not affected; group invalidations refuse older puts too. Past
+ * 64 purges, an entry older than the ones pushed out is refused whatever
+ * its key. */
+static void test_purge_refuses_older_puts(void **state) {
+    (void)state;
+    struct sg_cache_store *s = sg_cache_store_new(1 << 20);
+    uint64_t before = sg_cache_version(s);
+    assert_int_equal(sg_cache_remove_prefix(s, "/p/", 3), 0);
+    assert_int_equal(put_gv(s, "/p/late", 1, before), -ESTALE);
+    assert_false(has(s, "/p/late"));
+    assert_int_equal(put_gv(s, "/q/late", 1, before), 0);
+    assert_int_equal(put_gv(s, "/p/zero", 1, 0), 0); /* version 0: never refused */
+    assert_int_equal(put_gv(s, "/p/new", 1, sg_cache_version(s)), 0);
+    assert_true(has(s, "/p/new"));
+
+    struct sg_cache_entry *e =
+        sg_cache_entry_new(hash("/p/x", 4), "/p/x", 4, "d", 1, T0, NEVER, NEVER);
+    assert_non_null(e);
+    e->version = before;
+    assert_true(sg_cache_outdated(s, e));
+    e->version = sg_cache_version(s);
+    assert_false(sg_cache_outdated(s, e));
+    sg_cache_invalidate_group(s, 9);
+    e->group = 9;
+    assert_true(sg_cache_outdated(s, e));
+    assert_int_equal(sg_cache_put(s, e), -ESTALE);
+    sg_cache_entry_unref(e);
+
+    /* the ring forgets: 64 other purges push "/p/" out, a 65th "/r0/" */
+    uint64_t old = sg_cache_version(s);
+    char pre[32];
+    for (int i = 0; i < 65; i++) {
+        snprintf(pre, sizeof(pre), "/r%d/", i);
+        sg_cache_remove_prefix(s, pre, strlen(pre));
+    }
+    assert_int_equal(put_gv(s, "/p/old", 1, before), -ESTALE);
+    assert_int_equal(put_gv(s, "/elsewhere", 1, old), -ESTALE); /* older than "/r0/" */
+    assert_int_equal(put_gv(s, "/elsewhere", 1, sg_cache_version(s)), 0);
+    sg_cache_store_free(s);
+}
+
 static void test_invalidate_all(void **state) {
     (void)state;
     struct sg_cache_store *s = sg_cache_store_new(1 << 20);
@@ -581,19 +625,20 @@ static void test_version_before_invalidation(void **state) {
     uint64_t v = sg_cache_version(s);
     uint64_t v_other = sg_cache_version(s);
     sg_cache_invalidate_group(s, g);
-    assert_int_equal(put_gv(s, "/late", g, v), 0); /* the put itself succeeds */
+    assert_int_equal(put_gv(s, "/late", g, v), -ESTALE); /* refused */
     assert_int_equal(put_gv(s, "/late-other", g + 1, v_other), 0);
     struct sg_cache_stats st0, st;
     sg_cache_stats(s, &st0);
+    assert_int_equal(st0.entries, 1);
     assert_false(has(s, "/late"));
     assert_true(has(s, "/late-other")); /* another group: unaffected */
     sg_cache_stats(s, &st);
-    assert_int_equal(st.expired, st0.expired + 1);
+    assert_int_equal(st.expired, st0.expired);
     /* the same with invalidate_all */
     v = sg_cache_version(s);
     sg_cache_invalidate_all(s);
     uint64_t v_after = sg_cache_version(s);
-    assert_int_equal(put_gv(s, "/late2", 9, v), 0);
+    assert_int_equal(put_gv(s, "/late2", 9, v), -ESTALE);
     assert_int_equal(put_gv(s, "/early", 9, v_after), 0);
     assert_false(has(s, "/late2"));
     assert_true(has(s, "/early"));
@@ -703,6 +748,7 @@ int main(void) {
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_version_monotonic),
         cmocka_unit_test(test_invalidate_group),
+        cmocka_unit_test(test_purge_refuses_older_puts),
         cmocka_unit_test(test_invalidate_all),
         cmocka_unit_test(test_version_before_invalidation),
         cmocka_unit_test(test_set_cap),

@@ -1,8 +1,8 @@
 /*
  * The Redis link and leader leases (src/redis/redis.c) against a real
  * redis-server started on a free loopback port: commands and LLEN, failures
- * while disconnected, the command timeout (against a socket that never
- * answers), freeing with commands in flight, and leases between simulated
+ * while disconnected, EVAL sent as EVALSHA (and SHA-1 itself), the command timeout (against a
+ * socket that never answers), freeing with commands in flight, and leases between simulated
  * gateways (one link each): one leader, take-over after a leader dies, a
  * prompt release, stepping down when the key is lost, and a Redis restart.
  * A sampler checks at every loop turn that two gateways never both believe
@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "core/log.h"
+#include "core/sha1.h"
 #include "redis/redis.h"
 
 #include <errno.h>
@@ -269,6 +270,76 @@ static void test_commands_and_llen(void **state) {
     assert_true(run_until(&loop, is_connected, named, 2000));
     assert_int_equal(llen(&loop, named, "sg-test-missing").err, 0);
     sg_redis_free(named);
+    finish_loop(&loop);
+}
+
+static void test_sha1_vectors(void **state) {
+    (void)state;
+    char hex[SG_SHA1_HEX_LEN + 1];
+    sg_sha1_hex("", 0, hex);
+    assert_string_equal(hex, "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+    sg_sha1_hex("abc", 3, hex);
+    assert_string_equal(hex, "a9993e364706816aba3e25717850c26c9cd0d89d");
+    /* 56 bytes: the length no longer fits the last block */
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    sg_sha1_hex(two, strlen(two), hex);
+    assert_string_equal(hex, "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+    static char million[1000000];
+    memset(million, 'a', sizeof(million));
+    sg_sha1_hex(million, sizeof(million), hex);
+    assert_string_equal(hex, "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
+}
+
+/* The second EVAL of a body goes out as EVALSHA: after SCRIPT FLUSH it
+ * meets NOSCRIPT (and fails like any Redis error), and the one after that
+ * sends the body again. The digest is the one Redis computes. */
+static void test_eval_sent_as_evalsha(void **state) {
+    (void)state;
+    need_redis();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct sg_redis *r = connect_to(&loop, g_port);
+    char body[64]; /* not static: the link keeps its own copy */
+    snprintf(body, sizeof(body), "return 'v' .. ARGV[1]");
+    const char *eval1[] = {"EVAL", body, "0", "1"};
+    struct result res = cmd(&loop, r, 4, eval1);
+    assert_int_equal(res.err, 0);
+    assert_string_equal(res.str, "v1");
+
+    char hex[SG_SHA1_HEX_LEN + 1];
+    sg_sha1_hex(body, strlen(body), hex);
+    const char *exists[] = {"SCRIPT", "EXISTS", hex};
+    assert_int_equal(cmd(&loop, r, 3, exists).type, SG_REDIS_REPLY_ARRAY);
+    const char *evalsha[] = {"EVALSHA", hex, "0", "2"};
+    res = cmd(&loop, r, 4, evalsha); /* Redis knows the script by our digest */
+    assert_int_equal(res.err, 0);
+    assert_string_equal(res.str, "v2");
+
+    const char *flush[] = {"SCRIPT", "FLUSH"};
+    assert_int_equal(cmd(&loop, r, 2, flush).err, 0);
+    const char *eval3[] = {"EVAL", body, "0", "3"};
+    res = cmd(&loop, r, 4, eval3);
+    assert_int_equal(res.err, -EREMOTEIO);
+    assert_non_null(strstr(res.str, "NOSCRIPT"));
+    res = cmd(&loop, r, 4, eval3);
+    assert_int_equal(res.err, 0);
+    assert_string_equal(res.str, "v3");
+    const char *eval4[] = {"EVAL", body, "0", "4"};
+    assert_string_equal(cmd(&loop, r, 4, eval4).str, "v4");
+
+    /* a new connection (the server restarted, say) sends the body first */
+    assert_int_equal(cmd(&loop, r, 2, flush).err, 0);
+    const char *kill[] = {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"};
+    cmd(&loop, r, 6, kill);
+    res.err = 1;
+    /* until the link is back; the first answer from Redis must not be NOSCRIPT */
+    for (int i = 0; i < 20 && res.err != 0 && res.err != -EREMOTEIO; i++) {
+        assert_true(run_until(&loop, is_connected, r, 3000));
+        res = cmd(&loop, r, 4, eval4);
+    }
+    assert_int_equal(res.err, 0);
+    assert_string_equal(res.str, "v4");
+    sg_redis_free(r);
     finish_loop(&loop);
 }
 
@@ -711,6 +782,8 @@ int main(void) {
         cmocka_unit_test(test_parse_url),
         cmocka_unit_test(test_new_and_node_id),
         cmocka_unit_test(test_commands_and_llen),
+        cmocka_unit_test(test_sha1_vectors),
+        cmocka_unit_test(test_eval_sent_as_evalsha),
         cmocka_unit_test(test_disconnected_fails_at_once),
         cmocka_unit_test(test_connects_when_redis_appears),
         cmocka_unit_test(test_command_timeout),
