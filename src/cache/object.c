@@ -160,6 +160,8 @@ int64_t sg_http_date_parse(const char *s, size_t len) {
         y1 < 0 || y2 < 0 || mon < 0)
         return -1;
     int year = y1 * 100 + y2;
+    if (year < 1970) /* before the epoch: bogus, and a negative time would not mean -1 */
+        return -1;
     static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     if (day > mdays[mon - 1] || (mon == 2 && day == 29 && !leap))
@@ -176,8 +178,8 @@ bool sg_cache_obj_view(const char *data, size_t len, struct sg_cache_obj *o) {
     memcpy(&o->m, data, sizeof(o->m));
     const struct sg_cache_meta *m = &o->m;
     uint64_t need = (uint64_t)sizeof(*m) + m->reason_len + m->fields_len + m->vary_len;
-    if (m->magic != SG_OBJ_MAGIC || need > len || m->body_len != len - need ||
-        (uint64_t)m->etag_off + m->etag_len > m->fields_len ||
+    if (m->magic != SG_OBJ_MAGIC || need > len || m->body_len != len - need || m->status < 100 ||
+        m->status > 999 || (uint64_t)m->etag_off + m->etag_len > m->fields_len ||
         (uint64_t)m->lm_off + m->lm_len > m->fields_len)
         return false;
     o->reason = data + sizeof(*m);

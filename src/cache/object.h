@@ -45,7 +45,7 @@ void sg_cc_parse(struct sg_cc *cc, const char *v, size_t len);
 void sg_cc_of(struct sg_cc *cc, const struct sg_http_msg *msg, bool request);
 
 /* An IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as seconds since the
- * epoch, or -1 when it is not one. */
+ * epoch, or -1 when it is not one (or is before 1970). */
 int64_t sg_http_date_parse(const char *s, size_t len);
 
 #define SG_OBJ_MAGIC     0x53474331u /* "SGC1" */
