@@ -29,6 +29,22 @@ static bool ieq(const char *a, size_t alen, const char *lit) {
     return true;
 }
 
+/* Whether the comma-separated list (field names, blanks around them)
+ * names name, case-insensitively. */
+static bool listed(const char *list, size_t len, const char *name, size_t nlen) {
+    const char *p = list, *end = list + len;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+            p++;
+        const char *s = p;
+        while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+            p++;
+        if ((size_t)(p - s) == nlen && strncasecmp(s, name, nlen) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* delta-seconds (RFC 9111 1.2.2): digits; too large saturates at 2^31. */
 static int64_t delta_seconds(const char *v, size_t len) {
     if (len >= 2 && v[0] == '"' && v[len - 1] == '"') {
@@ -45,6 +61,26 @@ static int64_t delta_seconds(const char *v, size_t len) {
             n = n * 10 + (v[i] - '0');
     }
     return n > 2147483648LL ? 2147483648LL : n;
+}
+
+/* no-cache or private, with the value val (vlen bytes) or none: a list of
+ * field names (quotes taken off) in *fields, or the whole directive in
+ * *flag when there is no list, an empty one, or already one. */
+static void qualified(const char *val, size_t vlen, bool *flag, const char **fields,
+                      size_t *fields_len) {
+    if (val && vlen >= 2 && val[0] == '"' && val[vlen - 1] == '"') {
+        val++;
+        vlen -= 2;
+    }
+    size_t k = 0;
+    while (val && k < vlen && (val[k] == ' ' || val[k] == '\t' || val[k] == ','))
+        k++;
+    if (val == NULL || k == vlen || *fields != NULL) {
+        *flag = true;
+        return;
+    }
+    *fields = val;
+    *fields_len = vlen;
 }
 
 void sg_cc_parse(struct sg_cc *cc, const char *v, size_t len) {
@@ -85,9 +121,9 @@ void sg_cc_parse(struct sg_cc *cc, const char *v, size_t len) {
         if (ieq(name, nlen, "no-store"))
             cc->no_store = true;
         else if (ieq(name, nlen, "no-cache"))
-            cc->no_cache = true; /* with field names too: treated as a whole */
+            qualified(val, vlen, &cc->no_cache, &cc->no_cache_fields, &cc->no_cache_fields_len);
         else if (ieq(name, nlen, "private"))
-            cc->private_ = true;
+            qualified(val, vlen, &cc->private_, &cc->private_fields, &cc->private_fields_len);
         else if (ieq(name, nlen, "public"))
             cc->public_ = true;
         else if (ieq(name, nlen, "must-revalidate") || ieq(name, nlen, "proxy-revalidate"))
@@ -123,6 +159,8 @@ void sg_cc_of(struct sg_cc *cc, const struct sg_http_msg *msg, bool request) {
         }
     }
     if (pragma && !seen) /* RFC 9111 5.4: only without Cache-Control */
+        cc->no_cache = true;
+    if (request && cc->no_cache_fields) /* no arguments in a request: plain no-cache */
         cc->no_cache = true;
 }
 
@@ -305,6 +343,17 @@ void sg_cache_decide(const struct sg_http_msg *req, const struct sg_cc *reqcc,
         d->why = "Cache-Control forbids a shared cache";
         return;
     }
+    /* Qualified no-cache and private: stored without the fields they name;
+     * but the Vary field is what the variants are told apart by. */
+    d->strip[0] = cc.no_cache_fields;
+    d->strip_len[0] = cc.no_cache_fields_len;
+    d->strip[1] = cc.private_fields;
+    d->strip_len[1] = cc.private_fields_len;
+    for (int i = 0; i < 2; i++)
+        if (d->strip[i] && listed(d->strip[i], d->strip_len[i], "vary", 4)) {
+            d->why = "Cache-Control keeps the Vary field from a shared cache";
+            return;
+        }
     if (reqcc->no_store) {
         d->why = "request Cache-Control: no-store";
         return;
@@ -354,10 +403,13 @@ void sg_cache_decide(const struct sg_http_msg *req, const struct sg_cc *reqcc,
 }
 
 /* Fields not stored: framing, hop-by-hop, per-response or per-client ones. */
-static bool dropped(const struct sg_http_header *h) {
+static bool dropped(const struct sg_http_header *h, const struct sg_cache_decision *d) {
     if (h->hop || h->id == SG_HDR_TRANSFER_ENCODING || h->id == SG_HDR_CONTENT_LENGTH ||
         h->id == SG_HDR_CONNECTION || h->id == SG_HDR_KEEP_ALIVE)
         return true;
+    for (int i = 0; i < 2; i++)
+        if (d->strip[i] && listed(d->strip[i], d->strip_len[i], h->name, h->name_len))
+            return true;
     return sg_http_name_eq(h, "age", 3) || sg_http_name_eq(h, "set-cookie", 10) ||
            sg_http_name_eq(h, "x-cache", 7) || sg_http_name_eq(h, "ratelimit", 9) ||
            sg_http_name_eq(h, "ratelimit-policy", 16);
@@ -380,7 +432,7 @@ int sg_cache_obj_head(const struct sg_http_msg *resp, const struct sg_cache_deci
     size_t fields = 0, vary = 0;
     for (uint32_t i = 0; i < resp->num_headers; i++) {
         const struct sg_http_header *h = &resp->headers[i];
-        if (dropped(h))
+        if (dropped(h, d))
             continue;
         fields += h->name_len + h->value_len + 4;
         if (sg_http_name_eq(h, "vary", 4))
@@ -398,7 +450,7 @@ int sg_cache_obj_head(const struct sg_http_msg *resp, const struct sg_cache_deci
     char *f = p;
     for (uint32_t i = 0; i < resp->num_headers; i++) {
         const struct sg_http_header *h = &resp->headers[i];
-        if (dropped(h))
+        if (dropped(h, d))
             continue;
         memcpy(p, h->name, h->name_len);
         p += h->name_len;
@@ -422,7 +474,7 @@ int sg_cache_obj_head(const struct sg_http_msg *resp, const struct sg_cache_deci
      * empty items skipped. */
     for (uint32_t i = 0; i < resp->num_headers; i++) {
         const struct sg_http_header *h = &resp->headers[i];
-        if (dropped(h) || !sg_http_name_eq(h, "vary", 4))
+        if (dropped(h, d) || !sg_http_name_eq(h, "vary", 4))
             continue;
         const char *s = h->value, *end = h->value + h->value_len;
         while (s < end) {

@@ -34,6 +34,11 @@
 struct sg_cc {
     bool no_store, no_cache, private_, public_, must_revalidate, only_if_cached;
     int64_t max_age, s_maxage, swr, sie, max_stale, min_fresh; /* seconds; -1: absent */
+    /* no-cache="a, b" and private="c" (RFC 9111 5.2.2.4, 5.2.2.7): the field
+     * names, quotes taken off, pointing into the message. A second one of a
+     * kind sets no_cache or private_ instead (one list each is kept). */
+    const char *no_cache_fields, *private_fields;
+    size_t no_cache_fields_len, private_fields_len;
 };
 
 void sg_cc_init(struct sg_cc *cc);
@@ -96,6 +101,10 @@ struct sg_cache_decision {
     const char *why; /* when !store: a short reason, for debug logs */
     uint64_t ttl_ms, swr_ms, sie_ms, age0_ms;
     bool no_stale;
+    /* Fields not to store: the names of a qualified no-cache and private,
+     * comma-separated, pointing into the response (NULL: none). */
+    const char *strip[2];
+    size_t strip_len[2];
 };
 
 /* Whether the response resp to a GET with request fields req (and their
@@ -106,7 +115,8 @@ void sg_cache_decide(const struct sg_http_msg *req, const struct sg_cc *reqcc,
                      struct sg_cache_decision *d);
 
 /* The object head (meta, reason, fields, vary section) for resp, malloc'd
- * into *out (*out_len bytes; the body follows it in the entry). body_len
+ * into *out (*out_len bytes; the body follows it in the entry), without the
+ * hop-by-hop fields, Set-Cookie and the fields d->strip names. body_len
  * is filled in later with sg_cache_obj_set_body_len. Returns 0, or -1
  * when the response has Vary: * (not storable) or out of memory. */
 int sg_cache_obj_head(const struct sg_http_msg *resp, const struct sg_cache_decision *d, char **out,

@@ -159,6 +159,29 @@ def test_backend_cache_control(gateway, backend, cc, stored):
     c.close()
 
 
+def test_qualified_private_and_no_cache_strip_fields(gateway, backend):
+    """private="F" and no-cache="F": stored without the fields named; the
+    first client still gets them from the backend."""
+    b = backend()
+    g = gateway(config=config(b))
+    c = Client(g.port)
+    path = "/qual?" + q(Cache_Control='max-age=60, private="X-User", no-cache="x-token"',
+                        X_User="alice", X_Token="t0k", X_Kept="yes")
+    s, h, body = c.get(path)
+    assert (s, xc(h), h.get("x-user"), h.get("x-token")) == (200, "MISS", "alice", "t0k")
+    s, h, body2 = c.get(path)
+    assert (s, xc(h), body2) == (200, "HIT", body)
+    assert "x-user" not in h and "x-token" not in h
+    assert h["x-kept"] == "yes"
+    assert nreq(b) == 1
+    # a list that names Vary, or plain private: not stored at all
+    for cc in ('max-age=60, private="Vary"', "max-age=60, private"):
+        p2 = "/qual2?" + q(Cache_Control=cc)
+        c.get(p2)
+        assert xc(c.get(p2)[1]) == "MISS"
+    c.close()
+
+
 def test_max_age_beats_route_ttl(gateway, backend):
     b = backend()
     g = gateway(config=config(b, "{ ttl: 1h }"))

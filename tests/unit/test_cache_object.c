@@ -155,12 +155,28 @@ static void test_cc_directives(void **state) {
     cc = cc_str("proxy-revalidate");
     assert_true(cc.must_revalidate);
 
-    /* field-name arguments: the directive applies as a whole, and the
-     * quoted list (with its comma) is not read as directives */
+    /* field-name arguments: kept as lists (quotes off), and the quoted
+     * list (with its comma) is not read as directives */
     cc = cc_str("no-cache=\"Set-Cookie, max-age=5\", private=\"X-A\"");
-    assert_true(cc.no_cache);
-    assert_true(cc.private_);
+    assert_false(cc.no_cache);
+    assert_false(cc.private_);
+    assert_span(cc.no_cache_fields, cc.no_cache_fields_len, "Set-Cookie, max-age=5");
+    assert_span(cc.private_fields, cc.private_fields_len, "X-A");
     assert_int_equal(cc.max_age, -1);
+    /* the token form; a second list of a kind, or an empty one: the whole */
+    cc = cc_str("no-cache=X-B");
+    assert_span(cc.no_cache_fields, cc.no_cache_fields_len, "X-B");
+    assert_false(cc.no_cache);
+    cc = cc_str("private=\"X-A\", private=\"X-B\"");
+    assert_true(cc.private_);
+    cc = cc_str("no-cache=\" , \"");
+    assert_true(cc.no_cache);
+    cc = cc_str("no-cache=");
+    assert_true(cc.no_cache);
+    /* in a request, no-cache takes no list: plain no-cache */
+    struct sg_cc rq;
+    sg_cc_of(&rq, req_of("Cache-Control: no-cache=\"X\"\r\n"), true);
+    assert_true(rq.no_cache);
 
     /* unknown directives are ignored, with or without values */
     cc = cc_str("immutable, foo=bar, ext=\"a, max-age=9\", max-age=7, community=\"UCI\"");
@@ -634,9 +650,22 @@ static void test_decide_cache_control(void **state) {
     const char *forbid = "Cache-Control forbids a shared cache";
     assert_refused(decide("", 200, "Cache-Control: no-store\r\n", &rc), forbid);
     assert_refused(decide("", 200, "Cache-Control: private\r\n", &rc), forbid);
-    assert_refused(decide("", 200, "Cache-Control: private=\"Set-Cookie\"\r\n", &rc), forbid);
+    assert_refused(decide("", 200, "Cache-Control: private=\"A\", private=\"B\"\r\n", &rc), forbid);
     assert_refused(decide("", 200, "Cache-Control: no-cache\r\n", &rc), forbid);
-    assert_refused(decide("", 200, "Cache-Control: no-cache=\"X-A\", max-age=60\r\n", &rc), forbid);
+    assert_refused(decide("", 200, "Cache-Control: no-cache=\"\", max-age=60\r\n", &rc), forbid);
+    /* with field names: stored without them (RFC 9111 5.2.2.4, 5.2.2.7) */
+    struct sg_cache_decision d =
+        decide("", 200, "Cache-Control: no-cache=\"X-A\", max-age=60\r\n", &rc);
+    assert_stored(d, 60000);
+    assert_span(d.strip[0], d.strip_len[0], "X-A");
+    assert_null(d.strip[1]);
+    d = decide("", 200, "Cache-Control: private=\"X-User, x-token\"\r\n", &rc);
+    assert_stored(d, 300000);
+    assert_null(d.strip[0]);
+    assert_span(d.strip[1], d.strip_len[1], "X-User, x-token");
+    /* but not the Vary field */
+    assert_refused(decide("", 200, "Cache-Control: private=\"X-A, vary\"\r\n", &rc),
+                   "Cache-Control keeps the Vary field from a shared cache");
     assert_refused(decide("", 200, "Cache-Control: public, max-age=60, No-Store\r\n", &rc), forbid);
     /* in a second Cache-Control field */
     assert_refused(decide("", 200, "Cache-Control: max-age=60\r\nCache-Control: private\r\n", &rc),
@@ -979,6 +1008,25 @@ static void test_obj_dropped_fields(void **state) {
     assert_true(sg_cache_obj_view(obj, len, &o));
     assert_span(o.fields, o.m.fields_len,
                 "Ages: 1\r\nX-Cache-Status: a\r\nRateLimit-Reset: 3\r\nSet-Cookie2: z\r\n");
+    free(obj);
+}
+
+/* The fields a qualified no-cache or private names are not stored. */
+static void test_obj_strip_fields(void **state) {
+    (void)state;
+    struct sg_cache_decision d = d_plain;
+    const char *nc = " X-A ,x-b", *pv = "x-user";
+    d.strip[0] = nc;
+    d.strip_len[0] = strlen(nc);
+    d.strip[1] = pv;
+    d.strip_len[1] = strlen(pv);
+    size_t len;
+    struct sg_cache_obj o;
+    char *obj = make_obj("HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Type: a/b\r\nX-B: 2\r\n"
+                         "X-User: alice\r\nX-Users: all\r\nX-AB: 3\r\nContent-Length: 2\r\n\r\n",
+                         "ok", 2, &d, &len, NULL);
+    assert_true(sg_cache_obj_view(obj, len, &o));
+    assert_span(o.fields, o.m.fields_len, "Content-Type: a/b\r\nX-Users: all\r\nX-AB: 3\r\n");
     free(obj);
 }
 
@@ -1679,6 +1727,7 @@ int main(void) {
         cmocka_unit_test(test_decide_stale_windows),
         cmocka_unit_test(test_obj_round_trip),
         cmocka_unit_test(test_obj_dropped_fields),
+        cmocka_unit_test(test_obj_strip_fields),
         cmocka_unit_test(test_obj_etag_lm_offsets),
         cmocka_unit_test(test_obj_vary_names),
         cmocka_unit_test(test_obj_set_body_len),
