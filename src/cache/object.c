@@ -29,19 +29,27 @@ static bool ieq(const char *a, size_t alen, const char *lit) {
     return true;
 }
 
-/* Whether the comma-separated list (field names, blanks around them)
- * names name, case-insensitively. */
+/* The next item of a comma-separated list of tokens (field names, blanks
+ * around them) from *p on, with its length in *len; NULL at the end. */
+static const char *list_item(const char **p, const char *end, size_t *len) {
+    const char *s = *p;
+    while (s < end && (*s == ' ' || *s == '\t' || *s == ','))
+        s++;
+    const char *e = s;
+    while (e < end && *e != ',' && *e != ' ' && *e != '\t')
+        e++;
+    *p = e;
+    *len = (size_t)(e - s);
+    return e > s ? s : NULL;
+}
+
+/* Whether the list names name, case-insensitively. */
 static bool listed(const char *list, size_t len, const char *name, size_t nlen) {
-    const char *p = list, *end = list + len;
-    while (p < end) {
-        while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-            p++;
-        const char *s = p;
-        while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-            p++;
-        if ((size_t)(p - s) == nlen && strncasecmp(s, name, nlen) == 0)
+    const char *p = list, *s;
+    size_t n;
+    while ((s = list_item(&p, list + len, &n)) != NULL)
+        if (n == nlen && strncasecmp(s, name, nlen) == 0)
             return true;
-    }
     return false;
 }
 
@@ -476,26 +484,19 @@ int sg_cache_obj_head(const struct sg_http_msg *resp, const struct sg_cache_deci
         const struct sg_http_header *h = &resp->headers[i];
         if (dropped(h, d) || !sg_http_name_eq(h, "vary", 4))
             continue;
-        const char *s = h->value, *end = h->value + h->value_len;
-        while (s < end) {
-            while (s < end && (*s == ' ' || *s == '\t' || *s == ','))
-                s++;
-            const char *e = s;
-            while (e < end && *e != ',' && *e != ' ' && *e != '\t')
-                e++;
-            if (e > s) {
-                char *name = p;
-                for (const char *c = s; c < e; c++)
-                    *p++ = *c >= 'A' && *c <= 'Z' ? (char)(*c + 32) : *c;
-                *p++ = '\0';
-                for (const char *q = v; q < name; q += strlen(q) + 1) {
-                    if (strcmp(q, name) == 0) {
-                        p = name; /* a repeated name */
-                        break;
-                    }
+        const char *cur = h->value, *end = h->value + h->value_len, *s;
+        size_t len;
+        while ((s = list_item(&cur, end, &len)) != NULL) {
+            char *name = p;
+            for (const char *c = s; c < s + len; c++)
+                *p++ = *c >= 'A' && *c <= 'Z' ? (char)(*c + 32) : *c;
+            *p++ = '\0';
+            for (const char *q = v; q < name; q += strlen(q) + 1) {
+                if (strcmp(q, name) == 0) {
+                    p = name; /* a repeated name */
+                    break;
                 }
             }
-            s = e;
         }
     }
     m.vary_len = (uint32_t)(p - v);
