@@ -185,6 +185,10 @@ static struct sg_cache_req *req_new(const char *key, size_t klen, size_t pklen,
     return q;
 }
 
+bool sg_cache_req_storing(const struct sg_cache_req *q) {
+    return q->storing;
+}
+
 void sg_cache_req_free(struct sg_cache_req *q) {
     if (q == NULL)
         return;

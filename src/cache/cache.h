@@ -77,6 +77,9 @@ bool sg_cache_on_response(struct sg_cache_req *q, struct sg_worker *w,
 void sg_cache_on_body(struct sg_cache_req *q, const char *p, size_t n, bool raw_chunked);
 /* The whole response went by: store it. */
 void sg_cache_on_done(struct sg_cache_req *q, struct sg_worker *w);
+/* Whether q still means to store the response it is given: false once the
+ * head was found not storable, or the body too large. */
+bool sg_cache_req_storing(const struct sg_cache_req *q);
 /* The backend failed before a response (502/503/504 to come): true when a
  * stale copy may be served instead. Marks the fill as failed by an error. */
 bool sg_cache_stale_usable(struct sg_cache_req *q, struct sg_worker *w);

@@ -11,7 +11,8 @@
  * head), handed to sg_cache_on_response, and the body bytes go to
  * sg_cache_on_body as they arrive: the buffer is given back whenever it is
  * empty, so a refresh holds at most one buffer, whatever the body's size
- * (the cache bounds what it keeps by max_object_size). The body's end
+ * (the cache bounds what it keeps by max_object_size). A response the
+ * cache will not store ends the refresh at its head. The body's end
  * (Content-Length counted down, the chunked framing walked, or the
  * connection's close) calls sg_cache_on_done, which stores the response
  * and finishes the fill. Any failure frees q without storing: the fill
@@ -406,6 +407,12 @@ static bool parse_head(struct refresh *f) {
     (void)sg_cache_on_response(f->q, f->w, &msg);
     if (msg.body == SG_BODY_NONE || (msg.body == SG_BODY_LENGTH && msg.content_length == 0)) {
         complete(f);
+        return false;
+    }
+    if (!sg_cache_req_storing(f->q)) { /* nobody reads the body: do not fetch it */
+        sg_log_debug("cache: refresh of %.*s from %s: %u, not storable", (int)f->target_len,
+                     f->target, f->server->text, f->status);
+        end(f);
         return false;
     }
     return !(msg.body == SG_BODY_LENGTH && too_large(f, msg.content_length));

@@ -6,6 +6,7 @@ two gateways sharing a real redis-server; the memory cap under 1 GB."""
 import http.client
 import json
 import os
+import signal
 import threading
 import time
 import urllib.parse
@@ -407,6 +408,35 @@ def test_stale_while_revalidate(gateway, backend):
     s, h, body = c.get(path)
     assert xc(h) == "HIT" and body != old
     assert nreq(b, path) == 2
+    c.close()
+
+
+def test_refresh_ends_at_a_head_not_storable(gateway, backend):
+    """A background refresh whose response may not be stored stops at its
+    head (the body would be read for nothing), and the stale copy stays."""
+    b = backend()
+
+    def cfg(set_cookie):
+        return config(b, "{ ttl: 1s, stale_while_revalidate: 1m, set_cookie: %s }" % set_cookie,
+                      top="log: { level: debug }")
+
+    g = gateway(config=cfg("true"))
+    c = Client(g.port)
+    path = "/sc?" + q(Set_Cookie="a=b")
+    _, h, old = c.get(path)
+    assert xc(h) == "MISS" and h["set-cookie"] == "a=b"
+    assert xc(c.get(path)[1]) == "HIT"
+    time.sleep(1.2)
+    # the route no longer stores responses with Set-Cookie
+    g.write_config(cfg("false").replace("@PORT@", str(g.port)))
+    os.kill(g.proc.pid, signal.SIGHUP)
+    assert wait_until(lambda: "reloaded" in g.log(), 5)
+    s, h, body = c.get(path)
+    assert (s, xc(h), body) == (200, "STALE", old)
+    assert wait_until(lambda: nreq(b, path) == 2, 5)
+    assert wait_until(lambda: "not storable" in g.log(), 5)
+    s, h, body = c.get(path)
+    assert (xc(h), body) == ("STALE", old)
     c.close()
 
 
