@@ -766,37 +766,14 @@ TOKEN_ENV = "SCALEGATE_ADMIN_TOKEN"
 
 
 def free_port_range(n):
-    """n consecutive loopback ports nobody listens on now, as (first, last).
-
-    Drawn from below the kernel's ephemeral range (the load generators'
-    client ports in TIME_WAIT fill that one) and probed with SO_REUSEADDR
-    and listen, the way the instances bind."""
-    import random
+    """n consecutive free loopback ports, as (first, last): the tests' helper
+    (tests/integration/ports.py), drawn from below the ephemeral range."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
     try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            eph = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        eph = 32768
-    hi = min(eph, 65000) - n
-    lo = 10000 if hi > 12000 else 1024
-    for _ in range(200):
-        base = random.randint(lo, hi)
-        ok = True
-        for p in range(base, base + n):
-            s = socket.socket()
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", p))
-                s.listen(1)
-            except OSError:
-                ok = False
-            finally:
-                s.close()
-            if not ok:
-                break
-        if ok:
-            return base, base + n - 1
-    raise RuntimeError("no range of %d free ports" % n)
+        from ports import port_range
+    finally:
+        sys.path.pop(0)
+    return port_range(n)
 
 
 def admin_get(port, token, path, timeout=2.0):

@@ -80,10 +80,9 @@ static void qualified(const char *val, size_t vlen, bool *flag, const char **fie
         val++;
         vlen -= 2;
     }
-    size_t k = 0;
-    while (val && k < vlen && (val[k] == ' ' || val[k] == '\t' || val[k] == ','))
-        k++;
-    if (val == NULL || k == vlen || *fields != NULL) {
+    const char *cur = val;
+    size_t n;
+    if (val == NULL || list_item(&cur, val + vlen, &n) == NULL || *fields != NULL) {
         *flag = true;
         return;
     }

@@ -29,6 +29,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import ports  # noqa: E402
 import rawhttp  # noqa: E402
 
 REPO = HERE.parent.parent
@@ -67,42 +68,12 @@ def free_port():
     return port
 
 
-def _ephemeral_low():
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def port_range(n):
-    """n consecutive loopback ports nobody listens on now, as (first, last).
-
-    Drawn at random from below the kernel's ephemeral range, so the client
-    sides of earlier tests' connections (thousands of them in TIME_WAIT
-    after a load test) never sit in it; probed the way the instances bind
-    (SO_REUSEADDR, then listen), so a TIME_WAIT port counts as free."""
-    import random
-    hi = min(_ephemeral_low(), 65000) - n
-    lo = 10000 if hi > 12000 else 1024
-    for _ in range(200):
-        base = random.randint(lo, hi)
-        ok = True
-        for p in range(base, base + n):
-            s = socket.socket()
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", p))
-                s.listen(1)
-            except OSError:
-                ok = False
-            finally:
-                s.close()
-            if not ok:
-                break
-        if ok:
-            return base, base + n - 1
-    pytest.fail("no range of %d free ports in %d-%d" % (n, lo, hi + n))
+    """n consecutive free loopback ports, as (first, last): ports.port_range."""
+    try:
+        return ports.port_range(n)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 def wait_until(pred, timeout, interval=0.05):
